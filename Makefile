@@ -1,0 +1,51 @@
+# The single entry point. `make test` is what CI runs.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+TESTENV := tools/testenv
+
+.PHONY: help setup test test-unit test-cluster lint fmt typecheck testenv-build testenv-up \
+	testenv-down demo clean crd
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup:  ## install Debian tools, uv and the locked Python environment (.venv)
+	@tools/bootstrap.sh
+
+test: setup testenv-build  ## run every tier but gpu: unit, cluster, e2e
+	$(BIN)/pytest -m "not gpu"
+
+test-unit: setup  ## unit tier only (no control plane)
+	$(BIN)/pytest -m "not gpu and not cluster and not e2e"
+
+test-cluster: setup testenv-build  ## cluster tier only
+	$(BIN)/pytest -m cluster
+
+lint: setup  ## ruff lint and format check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: setup  ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+crd: setup  ## regenerate manifests/crd.yaml from the API models
+	$(BIN)/python -m diffusion_operator.crd > manifests/crd.yaml
+
+testenv-build:  ## build (or find cached) etcd, kube-*, kubectl, kwok, helm, promtool
+	@$(TESTENV)/build.sh >/dev/null
+
+testenv-up: setup  ## start the local control plane; prints the kubeconfig path
+	@$(TESTENV)/up.sh
+
+testenv-down:  ## stop the local control plane (by recorded PIDs)
+	@$(TESTENV)/down.sh
+
+demo: setup  ## run the main job end to end on this machine
+	@echo "make demo: the local end-to-end DiffusionTrainingJob is not built yet."
+	@echo "Today: 'make testenv-up' starts a real control plane with fake A100 nodes."
+
+clean:  ## remove the virtual environment and caches in the checkout
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
