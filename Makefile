@@ -31,8 +31,9 @@ fmt: setup  ## format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-crd: setup  ## regenerate manifests/crd.yaml from the API models
+crd: setup  ## regenerate the CRD (manifests/ and the chart's crds/) from the API models
 	$(BIN)/python -m diffusion_operator.crd > manifests/crd.yaml
+	cp manifests/crd.yaml helm/diffusion-operator/crds/diffusiontrainingjobs.yaml
 
 testenv-build:  ## build (or find cached) etcd, kube-*, kubectl, kwok, helm, promtool
 	@$(TESTENV)/build.sh >/dev/null
@@ -49,3 +50,22 @@ demo: setup  ## run the main job end to end on this machine
 
 clean:  ## remove the virtual environment and caches in the checkout
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# Packaging
+.PHONY: manifests chart-lint images
+CHART := helm/diffusion-operator
+IMAGE_REPOSITORY ?= ghcr.io/diffusion-operator
+IMAGE_TAG ?= dev
+
+manifests: setup testenv-build crd  ## render manifests/install.yaml from the chart
+	$(BIN)/python tools/packaging/render_manifests.py --helm "$$($(TESTENV)/build.sh)/helm" \
+		--out manifests/install.yaml
+
+chart-lint: setup testenv-build  ## helm lint --strict (both RBAC scopes), hadolint both Dockerfiles
+	"$$($(TESTENV)/build.sh)/helm" lint --strict $(CHART)
+	"$$($(TESTENV)/build.sh)/helm" lint --strict $(CHART) --set rbac.scope=cluster
+	$(BIN)/hadolint --config .hadolint.yaml docker/operator.Dockerfile docker/trainer.Dockerfile
+
+images:  ## build the operator and trainer images (needs Docker)
+	docker build -f docker/operator.Dockerfile -t $(IMAGE_REPOSITORY)/operator:$(IMAGE_TAG) .
+	docker build -f docker/trainer.Dockerfile -t $(IMAGE_REPOSITORY)/trainer:$(IMAGE_TAG) .

@@ -58,7 +58,8 @@ write_kubeconfig() {
 
 start() {  # name args...
   local name="$1"; shift
-  setsid "$bin_dir/$name" "$@" >"$state_dir/logs/$name.log" 2>&1 </dev/null &
+  # 8>&-: the long-lived processes must not inherit (and so hold) the up.lock.
+  setsid "$bin_dir/$name" "$@" >"$state_dir/logs/$name.log" 2>&1 </dev/null 8>&- &
   echo $! >"$state_dir/pids/$name.pid"
   log "started $name (pid $!)"
 }
@@ -98,15 +99,15 @@ start kube-apiserver --etcd-servers="http://127.0.0.1:$etcd_port" \
   --event-ttl=30m
 wait_for kube-apiserver 90 kubectl_admin get --raw /readyz
 
-common=(--kubeconfig="$kubeconfig" --authentication-kubeconfig="$kubeconfig"
-  --authorization-kubeconfig="$kubeconfig" --leader-elect=false --bind-address=127.0.0.1)
+common=(--kubeconfig="$kubeconfig"
+  --leader-elect=false --bind-address=127.0.0.1)
 start kube-controller-manager "${common[@]}" --secure-port="$controller_manager_port" \
   --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
   --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
   --use-service-account-credentials=true --node-monitor-grace-period=40s
 start kube-scheduler "${common[@]}" --secure-port="$scheduler_port"
 
-cat "$here"/stages/*.yaml >"$state_dir/kwok-stages.yaml"
+for stages in "$here"/stages/*.yaml; do printf -- '---\n'; cat "$stages"; done >"$state_dir/kwok-stages.yaml"
 start kwok --kubeconfig="$kubeconfig" --config="$state_dir/kwok-stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --cidr=10.244.0.0/16 --node-ip=127.0.0.1 --node-lease-duration-seconds=40 \

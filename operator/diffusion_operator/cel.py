@@ -1,0 +1,94 @@
+"""CEL rules of the CRD: cross-field checks the API server enforces at `kubectl apply`."""
+
+from __future__ import annotations
+
+from pydantic import JsonValue
+
+_PROCESSES_PER_NODE = (
+    "(has(self.resources.processesPerNode) ? self.resources.processesPerNode"
+    " : (self.resources.gpusPerNode > 0 ? self.resources.gpusPerNode : 1))"
+)
+_RANKS_X_MICRO = f"self.resources.nodes * {_PROCESSES_PER_NODE} * self.training.microBatchSize"
+
+
+def _unchanged_unless_suspended(path: str) -> str:
+    return f"oldSelf.runPolicy.suspend || self.{path} == oldSelf.{path}"
+
+
+def _optional_unchanged_unless_suspended(path: str) -> str:
+    parent, _, leaf = path.rpartition(".")
+    self_has = f"has(self.{parent}.{leaf})" if parent else f"has(self.{leaf})"
+    old_has = f"has(oldSelf.{parent}.{leaf})" if parent else f"has(oldSelf.{leaf})"
+    return (
+        f"oldSelf.runPolicy.suspend || ({self_has} == {old_has}"
+        f" && (!{self_has} || self.{path} == oldSelf.{path}))"
+    )
+
+
+SPEC_RULES: list[JsonValue] = [
+    {
+        "rule": (
+            "!has(self.training) || !has(self.training.globalBatchSize)"
+            " || !has(self.training.microBatchSize)"
+            f" || self.training.globalBatchSize % ({_RANKS_X_MICRO}) == 0"
+        ),
+        "message": (
+            "spec.training.globalBatchSize must be a multiple of resources.nodes x processes per"
+            " node (processesPerNode, else gpusPerNode, else 1) x training.microBatchSize;"
+            " change one of them"
+        ),
+        "fieldPath": ".training.globalBatchSize",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": _unchanged_unless_suspended("resources.nodes"),
+        "message": (
+            "spec.resources.nodes cannot change while the job is active; "
+            "set spec.runPolicy.suspend: true first, or create a new job"
+        ),
+        "fieldPath": ".resources.nodes",
+    },
+    {
+        "rule": _unchanged_unless_suspended("resources.gpusPerNode"),
+        "message": (
+            "spec.resources.gpusPerNode cannot change while the job is active; "
+            "set spec.runPolicy.suspend: true first, or create a new job"
+        ),
+        "fieldPath": ".resources.gpusPerNode",
+    },
+    {
+        "rule": _optional_unchanged_unless_suspended("resources.processesPerNode"),
+        "message": (
+            "spec.resources.processesPerNode cannot change while the job is active; "
+            "set spec.runPolicy.suspend: true first"
+        ),
+        "fieldPath": ".resources.processesPerNode",
+    },
+    {
+        "rule": _optional_unchanged_unless_suspended("preset"),
+        "message": "spec.preset cannot change while the job is active; create a new job",
+        "fieldPath": ".preset",
+    },
+    {
+        "rule": _unchanged_unless_suspended("image"),
+        "message": (
+            "spec.image cannot change while the job is active; "
+            "set spec.runPolicy.suspend: true first"
+        ),
+        "fieldPath": ".image",
+    },
+]
+
+ENV_VAR_RULES: list[JsonValue] = [
+    {
+        "rule": "!(has(self.value) && has(self.valueFrom))",
+        "message": "an env var has either value or valueFrom.secretKeyRef, not both",
+    }
+]
+
+TOLERATION_RULES: list[JsonValue] = [
+    {
+        "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value)",
+        "message": "a toleration with operator Exists must not have a value",
+    }
+]

@@ -1,0 +1,25 @@
+"""Names shared by the operator's modules: API coordinates, labels, annotations, ports."""
+
+GROUP = "diffusion.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DiffusionTrainingJob"
+PLURAL = "diffusiontrainingjobs"
+SINGULAR = "diffusiontrainingjob"
+SHORT_NAME = "dtj"
+CATEGORY = "ml"
+
+LABEL_JOB_NAME = f"{GROUP}/job-name"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_ROLE = f"{GROUP}/role"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "diffusion-operator"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOB_COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+WORKER_CONTAINER = "trainer"
+CONFIG_MOUNT_DIR = "/etc/dtj"
+CONFIG_FILE_NAME = "config.yaml"
+RENDEZVOUS_PORT = 29500
+METRICS_PORT = 9400
+METRICS_PORT_NAME = "metrics"

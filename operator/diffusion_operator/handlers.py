@@ -1,0 +1,110 @@
+"""kopf handlers: the only kopf-decorated code.
+
+kopf is the event source only: every event on a job or on one of its children, and a periodic
+resync, runs the same level-based reconcile pass, which reads the job afresh. No kopf timers and
+no finalizers: deleting a job never waits for the operator; owner references clean up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from diffusion_operator import constants as c
+from diffusion_operator.kube import Kube
+from diffusion_operator.reconcile import forget_job, reconcile
+from diffusion_operator.settings import OperatorSettings, load_settings
+
+log = logging.getLogger("diffusion_operator")
+_kube: Kube | None = None
+_settings: OperatorSettings = load_settings()
+_stop_resync = threading.Event()
+
+
+def kube() -> Kube:
+    global _kube  # noqa: PLW0603 - one API client per operator process
+    if _kube is None:
+        try:
+            config.load_incluster_config()
+            api_client = client.ApiClient()
+        except config.ConfigException:
+            api_client = config.new_client_from_config()
+        _kube = Kube(api_client)
+    return _kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _settings  # noqa: PLW0603 - settings are read when the operator starts
+    _settings = load_settings()
+    settings.posting.enabled = False  # our own Events only, one per transition
+    # The CRD is installed before the operator; a namespaced Role cannot list CRDs/namespaces.
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = _settings.watch_server_timeout_s
+    settings.watching.client_timeout = _settings.watch_client_timeout_s
+    settings.watching.connect_timeout = 30
+    settings.execution.max_workers = 16
+    kube()
+    _stop_resync.clear()
+    threading.Thread(target=resync_forever, name="dtj-resync", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop(**_: Any) -> None:
+    _stop_resync.set()
+
+
+@kopf.on.probe(id="api")
+def probe_api(**_: Any) -> str:
+    return str(kube().core.api_client.configuration.host)
+
+
+def reconcile_safely(namespace: str, name: str, logger: logging.Logger | Any) -> None:
+    try:
+        reconcile(kube(), namespace, name, _settings, logger)
+    except client.exceptions.ApiException as error:
+        logger.warning(
+            "reconcile of %s/%s failed, retried on the next pass: %s %s",
+            namespace,
+            name,
+            error.status,
+            error.reason,
+        )
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="training-job")
+def on_training_job(
+    type: str, namespace: str | None, name: str | None, logger: Any, **_: Any
+) -> None:
+    if not (namespace and name):
+        return
+    if type == "DELETED":
+        forget_job(f"{namespace}/{name}")
+        return
+    reconcile_safely(namespace, name, logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY}, id="attempt-job")
+@kopf.on.event("v1", "pods", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY}, id="worker-pod")
+def on_child(namespace: str | None, labels: Mapping[str, str], logger: Any, **_: Any) -> None:
+    job_name = labels.get(c.LABEL_JOB_NAME)
+    if job_name and namespace:
+        reconcile_safely(namespace, job_name, logger)
+
+
+def resync_forever() -> None:
+    """Level-based safety net: re-derive every job's state even if no event arrives."""
+    while not _stop_resync.wait(_settings.reconcile_interval_s):
+        try:
+            bodies = kube().list_training_jobs(_settings.namespaces)
+        except Exception as error:  # keep the loop alive through API outages
+            log.warning("resync: cannot list jobs: %s", error)
+            continue
+        for body in bodies:
+            meta = body["metadata"]
+            reconcile_safely(meta["namespace"], meta["name"], log)

@@ -1,0 +1,175 @@
+"""All Kubernetes API I/O of the operator: observe a job's children and act on them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from diffusion_operator import constants as c
+from diffusion_operator.builders import Owner
+from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
+
+NOT_FOUND = 404
+CONFLICT = 409
+
+
+def _ignore(status: int, error: ApiException) -> None:
+    if error.status != status:
+        raise error
+
+
+class Kube:
+    """Thin wrapper over the typed clients; every method is idempotent."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def observe(self, namespace: str, job_name: str) -> Observed:
+        selector = f"{c.LABEL_JOB_NAME}={job_name},{c.LABEL_ROLE}=worker"
+        jobs = self.batch.list_namespaced_job(namespace, label_selector=selector).items
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        return Observed(
+            jobs=[to_attempt_job(j) for j in jobs], pods=[to_worker_pod(p) for p in pods]
+        )
+
+    def apply_config_map(self, body: dict[str, Any]) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            self.core.create_namespaced_config_map(namespace, body)
+        except ApiException as error:
+            _ignore(CONFLICT, error)
+            self.core.patch_namespaced_config_map(name, namespace, {"data": body["data"]})
+
+    def ensure_service(self, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_service(body["metadata"]["namespace"], body)
+        except ApiException as error:
+            _ignore(CONFLICT, error)
+
+    def create_job(self, body: dict[str, Any]) -> None:
+        try:
+            self.batch.create_namespaced_job(body["metadata"]["namespace"], body)
+        except ApiException as error:
+            _ignore(CONFLICT, error)
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as error:
+            _ignore(NOT_FOUND, error)
+
+    def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+
+    def post_event(self, owner: Owner, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the DiffusionTrainingJob."""
+        now = datetime.now(UTC)
+        body = {
+            "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+            "involvedObject": {
+                "apiVersion": c.API_VERSION,
+                "kind": c.KIND,
+                "name": owner.name,
+                "namespace": owner.namespace,
+                "uid": owner.uid,
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": c.MANAGED_BY},
+            "reportingComponent": c.MANAGED_BY,
+            "reportingInstance": c.MANAGED_BY,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.core.create_namespaced_event(owner.namespace, body)
+
+    def get_training_job(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            c.GROUP, c.VERSION, namespace, c.PLURAL, name
+        )
+
+    def list_training_jobs(self, namespaces: list[str]) -> list[dict[str, Any]]:
+        if not namespaces:
+            return self.custom.list_cluster_custom_object(c.GROUP, c.VERSION, c.PLURAL)["items"]
+        items: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            items += self.custom.list_namespaced_custom_object(
+                c.GROUP, c.VERSION, namespace, c.PLURAL
+            )["items"]
+        return items
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, namespace, c.PLURAL, name, {"status": status}
+        )
+
+    def delete_training_job(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                c.GROUP, c.VERSION, namespace, c.PLURAL, name, propagation_policy="Background"
+            )
+        except ApiException as error:
+            _ignore(NOT_FOUND, error)
+
+
+def to_attempt_job(job: client.V1Job) -> AttemptJob:
+    conditions = {
+        cond.type: cond.status == "True" for cond in (job.status.conditions or []) if job.status
+    }
+    return AttemptJob(
+        name=job.metadata.name,
+        attempt=int(job.metadata.labels.get(c.LABEL_ATTEMPT, "0")),
+        suspended=bool(job.spec.suspend),
+        complete=conditions.get("Complete", False),
+        failed=conditions.get("Failed", False),
+        deleting=job.metadata.deletion_timestamp is not None,
+    )
+
+
+def to_worker_pod(pod: client.V1Pod) -> WorkerPod:
+    annotations = pod.metadata.annotations or {}
+    status = pod.status or client.V1PodStatus()
+    terminated, waiting_reason = _container_state(status)
+    conditions = {cond.type: cond for cond in status.conditions or []}
+    scheduled = conditions.get("PodScheduled")
+    disruption = conditions.get("DisruptionTarget")
+    return WorkerPod(
+        name=pod.metadata.name,
+        attempt=int((pod.metadata.labels or {}).get(c.LABEL_ATTEMPT, "0")),
+        index=int(annotations.get(c.JOB_COMPLETION_INDEX_ANNOTATION, "0")),
+        phase=status.phase or "Pending",
+        ready=bool(conditions.get("Ready") and conditions["Ready"].status == "True"),
+        deleting=pod.metadata.deletion_timestamp is not None,
+        exit_code=terminated.exit_code if terminated else None,
+        exit_reason=terminated.reason if terminated else None,
+        exit_message=terminated.message if terminated else None,
+        finished_at=terminated.finished_at if terminated else None,
+        unschedulable_message=(
+            scheduled.message
+            if scheduled and scheduled.status == "False" and scheduled.reason == "Unschedulable"
+            else None
+        ),
+        waiting_reason=waiting_reason,
+        disruption_reason=(
+            disruption.reason if disruption and disruption.status == "True" else None
+        ),
+        pod_ip=status.pod_ip,
+    )
+
+
+def _container_state(
+    status: client.V1PodStatus,
+) -> tuple[client.V1ContainerStateTerminated | None, str | None]:
+    for container in status.container_statuses or []:
+        if container.name != c.WORKER_CONTAINER or container.state is None:
+            continue
+        waiting = container.state.waiting
+        return container.state.terminated, waiting.reason if waiting else None
+    return None, None

@@ -1,0 +1,340 @@
+"""Decide what a job needs next, from its spec, its status and what exists: a pure function.
+
+Level-based: every call re-derives the plan from the observed state, so a missed event or an
+operator restart never stalls a job, and running it twice does no harm (names are fixed, creation
+tolerates AlreadyExists). Finer failure classes slot into `describe_failure`/`should_restart`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from diffusion_operator import names
+from diffusion_operator.conditions import conditions_for_phase
+from diffusion_operator.observed import Observed, WorkerPod
+from diffusion_operator.spec import DiffusionTrainingJobSpec
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class JobState:
+    name: str
+    namespace: str
+    generation: int | None
+    spec: DiffusionTrainingJobSpec
+    status: dict[str, Any]
+    config_error: str | None = None
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any]
+    create_attempt: int | None = None
+    create_suspended: bool = False
+    resume_from: str | None = None
+    delete_jobs: list[str] = field(default_factory=list)
+    set_suspend: dict[str, bool] = field(default_factory=dict)
+    events: list[JobEvent] = field(default_factory=list)
+    delete_self: bool = False
+    requeue_after_s: float | None = None
+    spec: DiffusionTrainingJobSpec | None = None  # the parsed spec the plan was made for
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
+
+
+def backoff_seconds(spec: DiffusionTrainingJobSpec, restarts: int) -> int:
+    policy = spec.failure_policy
+    return int(min(policy.backoff_seconds * 2 ** max(restarts - 1, 0), policy.max_backoff_seconds))
+
+
+def describe_failure(pod: WorkerPod) -> tuple[str, str]:
+    """(reason, message) for a failed worker: the cause a user needs to see first."""
+    where = f"worker {pod.index} (pod {pod.name})"
+    if pod.disruption_reason:
+        return "WorkerDisrupted", f"{where} was disrupted: {pod.disruption_reason}"
+    detail = f"exit code {pod.exit_code}"
+    if pod.exit_reason and pod.exit_reason != "Error":
+        detail += f" ({pod.exit_reason})"
+    message = f"{where} failed with {detail}"
+    if pod.exit_message:
+        message += f": {pod.exit_message.strip()[:500]}"
+    return "WorkerFailed", message
+
+
+def should_restart(spec: DiffusionTrainingJobSpec, restarts: int, reason: str) -> bool:
+    return restarts < spec.failure_policy.max_restarts
+
+
+class _Planner:
+    def __init__(self, job: JobState, observed: Observed, now: datetime) -> None:
+        self.job, self.spec, self.observed, self.now = job, job.spec, observed, now
+        self.old_phase = job.status.get("phase")
+        self.status: dict[str, Any] = dict(job.status)
+        self.status["observedGeneration"] = job.generation
+        self.plan = Plan(status=self.status)
+
+    def set_phase(self, phase: str, reason: str, message: str) -> None:
+        self.status["phase"] = phase
+        self.status["conditions"] = conditions_for_phase(
+            list(self.status.get("conditions", [])),
+            phase,
+            reason=reason,
+            message=message,
+            now=format_time(self.now),
+            generation=self.job.generation,
+        )
+        if phase != self.old_phase:
+            kind = "Warning" if phase in ("Failed", "Restarting") else "Normal"
+            self.plan.events.append(JobEvent(kind, reason, message))
+        if phase in ("Succeeded", "Failed") and not self.status.get("completionTime"):
+            self.status["completionTime"] = format_time(self.now)
+
+    def requeue(self, after_s: float) -> None:
+        current = self.plan.requeue_after_s
+        self.plan.requeue_after_s = after_s if current is None else min(current, after_s)
+
+    def fail(self, reason: str, message: str) -> None:
+        job = self.observed.job(self.attempt)
+        if job and not (job.failed or job.complete):
+            self.plan.delete_jobs.append(job.name)  # stops the workers that still run
+        self.set_phase("Failed", reason, message)
+
+    @property
+    def attempt(self) -> int:
+        return int(self.status.get("attempt", 0))
+
+    def run(self) -> Plan:
+        if self.old_phase in ("Succeeded", "Failed"):
+            self.finish_terminal()
+        elif self.job.config_error:
+            self.set_phase("Failed", "InvalidSpec", self.job.config_error)
+        elif not self.check_active_deadline():
+            self.adopt_newer_attempt()
+            if self.attempt == 0:
+                self.start_first_attempt()
+            elif self.observed.job(self.attempt) is None:
+                self.start_next_attempt()
+            else:
+                self.track_attempt()
+        return self.plan
+
+    def finish_terminal(self) -> None:
+        ttl = self.spec.run_policy.ttl_seconds_after_finished
+        finished = parse_time(self.status.get("completionTime"))
+        if ttl is None or finished is None:
+            return
+        remaining_s = (finished + timedelta(seconds=ttl) - self.now).total_seconds()
+        if remaining_s <= 0:
+            self.plan.delete_self = True
+        else:
+            self.requeue(remaining_s)
+
+    def check_active_deadline(self) -> bool:
+        deadline_s = self.spec.run_policy.active_deadline_seconds
+        started = parse_time(self.status.get("startTime"))
+        if deadline_s is None or started is None:
+            return False
+        elapsed_s = (self.now - started).total_seconds()
+        if elapsed_s < deadline_s:
+            self.requeue(deadline_s - elapsed_s)
+            return False
+        self.fail("DeadlineExceeded", f"job ran longer than activeDeadlineSeconds={deadline_s}")
+        return True
+
+    def adopt_newer_attempt(self) -> None:
+        """A Job newer than status says exists (status patch lost in a crash): adopt it."""
+        latest = self.observed.latest_attempt()
+        if latest > self.attempt:
+            if self.attempt == 0:
+                self.status.setdefault("startTime", format_time(self.now))
+                self.status.setdefault("attemptStartTime", format_time(self.now))
+            self.status["attempt"] = latest
+
+    def start_first_attempt(self) -> None:
+        self.status.update(
+            attempt=1,
+            restarts=self.status.get("restarts", 0),
+            startTime=format_time(self.now),
+        )
+        self.create_attempt(1)
+
+    def create_attempt(self, attempt: int) -> None:
+        suspended = self.spec.run_policy.suspend or bool(self.spec.run_policy.queue_name)
+        checkpoint = self.status.get("checkpoint") or {}
+        self.plan.create_attempt = attempt
+        self.plan.create_suspended = suspended
+        self.plan.resume_from = checkpoint.get("latestUri")
+        self.status["attemptStartTime"] = format_time(self.now)
+        self.status["restartAfter"] = None
+        self.status["workers"] = {"desired": self.spec.resources.nodes, "ready": 0}
+        if suspended:
+            self.set_suspended()
+        elif attempt == 1:
+            self.set_phase("Pending", "Created", f"created attempt 1 with {self.nodes} workers")
+        else:
+            self.set_phase(
+                "Restarting",
+                "AttemptCreated",
+                f"created attempt {attempt}, resuming from {self.plan.resume_from or 'scratch'}",
+            )
+
+    @property
+    def nodes(self) -> int:
+        return self.spec.resources.nodes
+
+    def start_next_attempt(self) -> None:
+        """Attempt N's Job is missing: clean up older attempts, wait for their pods, back off."""
+        for job in self.observed.jobs:
+            if job.attempt < self.attempt and not job.deleting:
+                self.plan.delete_jobs.append(job.name)
+        leftovers = self.observed.pods_before(self.attempt)
+        if leftovers:
+            message = f"waiting for {len(leftovers)} worker pods of earlier attempts to terminate"
+            self.set_phase("Restarting", "WaitingForOldWorkers", message)
+            self.requeue(1.0)
+            return
+        restart_after = parse_time(self.status.get("restartAfter"))
+        if restart_after and restart_after > self.now:
+            self.requeue((restart_after - self.now).total_seconds())
+            return
+        self.create_attempt(self.attempt)
+
+    def set_suspended(self) -> None:
+        if self.spec.run_policy.suspend:
+            self.set_phase("Suspended", "Suspended", "suspended by spec.runPolicy.suspend")
+        else:
+            queue = self.spec.run_policy.queue_name
+            self.set_phase(
+                "Suspended", "WaitingForQueue", f"waiting for admission by queue {queue}"
+            )
+
+    def track_attempt(self) -> None:
+        job = self.observed.job(self.attempt)
+        assert job is not None
+        if self.spec.run_policy.suspend and not job.suspended:
+            self.plan.set_suspend[job.name] = True
+            self.set_suspended()
+            return
+        if job.suspended:
+            self.track_suspended(job.name)
+            return
+        if self.old_phase == "Suspended":
+            self.status["attemptStartTime"] = format_time(self.now)  # start deadline restarts
+        pods = self.observed.pods_of(self.attempt)
+        failed = [p for p in pods if p.phase == "Failed" and not p.deleting]
+        if job.complete:
+            self.set_phase(
+                "Succeeded", "AllWorkersSucceeded", f"all {self.nodes} workers succeeded"
+            )
+        elif failed or job.failed:
+            self.handle_failure(job.name, failed)
+        else:
+            self.track_workers(pods)
+
+    def track_suspended(self, job_name: str) -> None:
+        if not self.spec.run_policy.suspend and not self.spec.run_policy.queue_name:
+            self.plan.set_suspend[job_name] = False
+            self.status["attemptStartTime"] = format_time(self.now)
+            self.set_phase("Pending", "Resumed", "resumed; waiting for workers")
+        else:
+            self.set_suspended()
+
+    def handle_failure(self, job_name: str, failed: list[WorkerPod]) -> None:
+        first = min(failed, key=lambda p: (p.finished_at or self.now, p.index), default=None)
+        if first is not None:
+            reason, message = describe_failure(first)
+        else:
+            reason, message = "JobFailed", f"the Job of attempt {self.attempt} failed"
+        message = f"attempt {self.attempt}: {message}"
+        record: dict[str, Any] = {
+            "attempt": self.attempt,
+            "reason": reason,
+            "message": message,
+            "time": format_time(self.now),
+        }
+        self.status["lastFailure"] = record
+        restarts = int(self.status.get("restarts", 0))
+        if not should_restart(self.spec, restarts, reason):
+            limit = self.spec.failure_policy.max_restarts
+            self.fail(reason, f"{message}; no restarts left (maxRestarts: {limit})")
+            return
+        delay_s = backoff_seconds(self.spec, restarts + 1)
+        self.plan.delete_jobs.append(job_name)
+        self.status.update(
+            attempt=self.attempt + 1,
+            restarts=restarts + 1,
+            restartAfter=format_time(self.now + timedelta(seconds=delay_s)),
+        )
+        self.set_phase(
+            "Restarting",
+            reason,
+            f"{message}; restarting the gang as attempt {self.attempt} in {delay_s}s",
+        )
+        self.requeue(1.0)
+
+    def track_workers(self, pods: list[WorkerPod]) -> None:
+        running = [p for p in pods if p.phase in ("Running", "Succeeded") and not p.deleting]
+        ready = len([p for p in pods if p.phase == "Running" and not p.deleting])
+        self.status["workers"] = {
+            "desired": self.nodes,
+            "ready": ready,
+            "pending": len([p for p in pods if p.phase == "Pending"]),
+            "succeeded": len([p for p in pods if p.phase == "Succeeded"]),
+            "failed": 0,
+        }
+        if len(running) >= self.nodes:
+            self.set_phase("Running", "AllWorkersRunning", f"{self.nodes} workers running")
+            return
+        why = waiting_detail(pods, self.nodes)
+        if not self.check_start_deadline(why):
+            phase = "Restarting" if self.old_phase == "Restarting" else "Pending"
+            self.set_phase(phase, "WaitingForWorkers", why)
+
+    def check_start_deadline(self, why: str) -> bool:
+        deadline_s = self.spec.run_policy.start_deadline_seconds
+        started = parse_time(self.status.get("attemptStartTime"))
+        if deadline_s is None or started is None:
+            return False
+        elapsed_s = (self.now - started).total_seconds()
+        if elapsed_s < deadline_s:
+            self.requeue(deadline_s - elapsed_s)
+            return False
+        self.fail(
+            "StartDeadlineExceeded",
+            f"workers not all running after startDeadlineSeconds={deadline_s}: {why}",
+        )
+        return True
+
+
+def waiting_detail(pods: list[WorkerPod], nodes: int) -> str:
+    running = len([p for p in pods if p.phase in ("Running", "Succeeded")])
+    detail = f"{running}/{nodes} workers running"
+    for pod in sorted(pods, key=lambda p: p.index):
+        cause = pod.unschedulable_message or pod.waiting_reason
+        if cause:
+            return f"{detail}; worker {pod.index} (pod {pod.name}): {cause}"
+    if not pods:
+        detail += "; no worker pods created yet"
+    return detail
+
+
+def plan_reconcile(job: JobState, observed: Observed, now: datetime) -> Plan:
+    return _Planner(job, observed, now).run()
+
+
+def job_name_of(job: JobState, attempt: int) -> str:
+    return names.attempt_job_name(job.name, attempt)

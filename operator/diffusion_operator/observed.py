@@ -1,0 +1,52 @@
+"""What the operator sees of a job's children, reduced to the facts decisions need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    name: str
+    attempt: int
+    index: int
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    ready: bool = False
+    deleting: bool = False
+    exit_code: int | None = None
+    exit_reason: str | None = None
+    exit_message: str | None = None
+    finished_at: datetime | None = None
+    unschedulable_message: str | None = None
+    waiting_reason: str | None = None  # e.g. ImagePullBackOff, CreateContainerConfigError
+    disruption_reason: str | None = None
+    pod_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptJob:
+    name: str
+    attempt: int
+    suspended: bool
+    complete: bool = False
+    failed: bool = False
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class Observed:
+    jobs: list[AttemptJob] = field(default_factory=list)
+    pods: list[WorkerPod] = field(default_factory=list)
+
+    def job(self, attempt: int) -> AttemptJob | None:
+        return next((j for j in self.jobs if j.attempt == attempt and not j.deleting), None)
+
+    def pods_of(self, attempt: int) -> list[WorkerPod]:
+        return [p for p in self.pods if p.attempt == attempt]
+
+    def pods_before(self, attempt: int) -> list[WorkerPod]:
+        return [p for p in self.pods if p.attempt < attempt]
+
+    def latest_attempt(self) -> int:
+        return max((j.attempt for j in self.jobs), default=0)

@@ -1,0 +1,137 @@
+"""One reconcile pass: read the job, observe its children, plan, act, report."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from logging import Logger
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from diffusion_operator.builders import Owner, build_config_map, build_service
+from diffusion_operator.kube import NOT_FOUND, Kube
+from diffusion_operator.lifecycle import JobEvent, JobState, Plan, plan_reconcile
+from diffusion_operator.render import render_trainer_config
+from diffusion_operator.settings import OperatorSettings
+from diffusion_operator.spec import DiffusionTrainingJobSpec
+from diffusion_operator.worker_job import build_worker_job
+from diffusion_trainer.config import ConfigError, TrainerConfig
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def lock_for(uid: str) -> threading.Lock:
+    """Handlers and timers may fire together; one pass per job at a time."""
+    with _locks_guard:
+        return _locks.setdefault(uid, threading.Lock())
+
+
+def forget_job(uid: str) -> None:
+    with _locks_guard:
+        _locks.pop(uid, None)
+
+
+def changed_status(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Only the status keys this pass changed: never overwrite what others wrote meanwhile."""
+    return {key: value for key, value in new.items() if old.get(key) != value}
+
+
+@dataclass(frozen=True)
+class ParsedJob:
+    spec: DiffusionTrainingJobSpec | None
+    config: TrainerConfig | None
+    error: str | None
+
+
+def parse_spec(
+    raw_spec: dict[str, Any], name: str, namespace: str, settings: OperatorSettings
+) -> ParsedJob:
+    """Validate the spec and render the trainer config; errors name the field to fix."""
+    try:
+        spec = DiffusionTrainingJobSpec.model_validate(raw_spec)
+    except ValidationError as error:
+        fields = "; ".join(
+            f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+        )
+        return ParsedJob(None, None, f"invalid spec: {fields}")
+    default_uri = f"{settings.default_checkpoint_root.rstrip('/')}/{namespace}/{name}"
+    try:
+        config = render_trainer_config(spec, name, namespace, default_uri)
+    except ConfigError as error:
+        return ParsedJob(spec, None, str(error))
+    return ParsedJob(spec, config, None)
+
+
+def reconcile(
+    kube: Kube, namespace: str, name: str, settings: OperatorSettings, log: Logger
+) -> Plan | None:
+    """One pass for one job. The job is read inside the lock: a pass never acts on a status
+    that an earlier pass has already changed."""
+    with lock_for(f"{namespace}/{name}"):
+        try:
+            body = kube.get_training_job(namespace, name)
+        except ApiException as error:
+            if error.status == NOT_FOUND:
+                return None  # deleted: owner references clean up the children
+            raise
+        meta = body["metadata"]
+        owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+        old_status = body.get("status") or {}
+        plan = plan_for(body, owner, kube, settings)
+        execute_plan(plan, owner, kube, log)
+        patch = changed_status(old_status, plan.status)
+        if patch and not plan.delete_self:
+            kube.patch_status(namespace, name, patch)
+        return plan
+
+
+def plan_for(body: dict[str, Any], owner: Owner, kube: Kube, settings: OperatorSettings) -> Plan:
+    meta = body["metadata"]
+    status = dict(body.get("status") or {})
+    parsed = parse_spec(body.get("spec") or {}, owner.name, owner.namespace, settings)
+    if parsed.spec is None:
+        events = (
+            []
+            if status.get("phase") == "Failed"
+            else [JobEvent("Warning", "InvalidSpec", parsed.error or "")]
+        )
+        status.update(phase="Failed", observedGeneration=meta.get("generation"))
+        return Plan(status=status, events=events)
+    terminal = status.get("phase") in ("Succeeded", "Failed")
+    if parsed.config is not None and not terminal:
+        kube.apply_config_map(build_config_map(owner, parsed.config))
+        kube.ensure_service(build_service(owner))
+    job = JobState(
+        owner.name, owner.namespace, meta.get("generation"), parsed.spec, status, parsed.error
+    )
+    plan = plan_reconcile(job, kube.observe(owner.namespace, owner.name), datetime.now(UTC))
+    plan.spec = parsed.spec
+    return plan
+
+
+def execute_plan(plan: Plan, owner: Owner, kube: Kube, log: Logger) -> None:
+    for job_name in plan.delete_jobs:
+        kube.delete_job(owner.namespace, job_name)
+    for job_name, suspend in plan.set_suspend.items():
+        kube.set_job_suspend(owner.namespace, job_name, suspend)
+    if plan.create_attempt is not None and plan.spec is not None:
+        body = build_worker_job(
+            owner, plan.spec, plan.create_attempt, plan.resume_from, plan.create_suspended
+        )
+        kube.create_job(body)
+    for event in plan.events:
+        post_event(kube, owner, event, log)
+    if plan.delete_self:
+        kube.delete_training_job(owner.namespace, owner.name)
+
+
+def post_event(kube: Kube, owner: Owner, event: JobEvent, log: Logger) -> None:
+    log.info("%s/%s %s: %s", owner.namespace, owner.name, event.reason, event.message)
+    try:
+        kube.post_event(owner, event.type, event.reason, event.message)
+    except ApiException as error:  # an Event is never worth failing a pass
+        log.warning("could not post event %s: %s", event.reason, error.reason)

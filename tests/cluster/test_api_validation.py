@@ -1,0 +1,126 @@
+"""Bad input is refused by the API server at `kubectl apply`, naming the field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+VALID_SPEC: dict[str, Any] = {
+    "image": "ghcr.io/diffusion-operator/trainer:0.1.0",
+    "preset": "tiny-cpu",
+    "training": {"globalBatchSize": 16, "microBatchSize": 8},
+    "resources": {"nodes": 2, "gpusPerNode": 0},
+}
+
+
+def manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "diffusion.dev/v1alpha1",
+        "kind": "DiffusionTrainingJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def with_changes(**sections: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(VALID_SPEC)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key].update(value)
+        else:
+            spec[key] = value
+    return spec
+
+
+INVALID = [
+    ("wrong-type", with_changes(resources={"nodes": "two"}), "spec.resources.nodes"),
+    ("negative-nodes", with_changes(resources={"nodes": -1}), "spec.resources.nodes"),
+    (
+        "indivisible-batch",
+        with_changes(training={"globalBatchSize": 20, "microBatchSize": 8}),
+        "globalBatchSize",
+    ),
+    ("unknown-preset", with_changes(preset="sd3-large"), "spec.preset"),
+    ("bad-image", with_changes(image="Trainer Image!!"), "spec.image"),
+    ("missing-image", {k: v for k, v in VALID_SPEC.items() if k != "image"}, "spec.image"),
+    (
+        "privileged",
+        with_changes(resources={"securityContext": {"privileged": True}}),
+        "spec.resources.securityContext",
+    ),
+    (
+        "capability",
+        with_changes(podSecurity={"addCapabilities": ["SYS_ADMIN"]}),
+        "spec.podSecurity.addCapabilities",
+    ),
+    ("unknown-field", with_changes(training={"learningRate": 1}), "spec.training.learningRate"),
+    ("lr-range", with_changes(training={"lr": 5}), "spec.training.lr"),
+    ("prediction-type", with_changes(model={"predictionType": "x0"}), "spec.model.predictionType"),
+    (
+        "env-value-and-secret",
+        with_changes(
+            env=[
+                {
+                    "name": "A",
+                    "value": "1",
+                    "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}},
+                }
+            ]
+        ),
+        "spec.env[0]",
+    ),
+    (
+        "configmap-env",
+        with_changes(env=[{"name": "A", "valueFrom": {"configMapKeyRef": {}}}]),
+        "spec.env[0].valueFrom.configMapKeyRef",
+    ),
+    ("shm-size", with_changes(resources={"shmSize": "lots"}), "spec.resources.shmSize"),
+    ("gpus-range", with_changes(resources={"gpusPerNode": 17}), "spec.resources.gpusPerNode"),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "field"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_spec_is_refused_naming_the_field(dtjs, case, spec, field):
+    code, output = dtjs.apply(manifest(f"bad-{case}", spec))
+    assert code != 0, f"accepted: {output}"
+    assert field in output, output
+    assert not dtjs.custom.list_namespaced_custom_object(
+        "diffusion.dev", "v1alpha1", dtjs.namespace, "diffusiontrainingjobs"
+    )["items"]
+
+
+def test_name_too_long_is_refused(dtjs):
+    code, output = dtjs.apply(manifest("x" * 49, VALID_SPEC))
+    assert code != 0
+    assert "metadata.name must be at most 48 characters" in output
+
+
+def test_valid_spec_is_accepted_with_defaults(dtjs):
+    code, output = dtjs.apply(manifest("good", VALID_SPEC))
+    assert code == 0, output
+    spec = dtjs.get("good")["spec"]
+    assert spec["failurePolicy"]["maxRestarts"] == 3
+    assert spec["runPolicy"]["suspend"] is False
+    assert spec["resources"]["shmSize"] == "16Gi"
+
+
+def test_nodes_cannot_change_unless_suspended(dtjs):
+    assert dtjs.apply(manifest("resize", VALID_SPEC))[0] == 0
+    bigger = {"resources": {"nodes": 4}, "training": {"globalBatchSize": 32}}
+    code, output = dtjs.apply(manifest("resize", with_changes(**bigger)))
+    assert code != 0
+    assert "spec.resources.nodes cannot change while the job is active" in output
+    assert dtjs.apply(manifest("resize", with_changes(runPolicy={"suspend": True})))[0] == 0
+    suspended_resize = with_changes(**bigger, runPolicy={"suspend": True})
+    code, output = dtjs.apply(manifest("resize", suspended_resize))
+    assert code == 0, output
+
+
+def test_explain_describes_the_training_section(control_plane, crd):
+    text = control_plane.kubectl("explain", "dtj.spec.training")
+    assert "globalBatchSize" in text
+    assert "Images per optimizer step" in text

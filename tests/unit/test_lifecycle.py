@@ -1,0 +1,238 @@
+"""The reconcile decision: phases, gang restarts, suspension, deadlines, TTL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from diffusion_operator.lifecycle import (
+    JobState,
+    backoff_seconds,
+    format_time,
+    plan_reconcile,
+)
+from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
+from diffusion_operator.spec import DiffusionTrainingJobSpec
+
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+
+
+def spec_of(**fields) -> DiffusionTrainingJobSpec:
+    base = {"image": "trainer:1", "resources": {"nodes": 2}}
+    return DiffusionTrainingJobSpec.model_validate({**base, **fields})
+
+
+def state(status: dict | None = None, **spec_fields) -> JobState:
+    return JobState("sd", "ns", 1, spec_of(**spec_fields), status or {})
+
+
+def running_status(attempt: int = 1, **extra) -> dict:
+    return {
+        "phase": "Running",
+        "attempt": attempt,
+        "restarts": attempt - 1,
+        "startTime": format_time(NOW - timedelta(minutes=5)),
+        "attemptStartTime": format_time(NOW - timedelta(minutes=5)),
+        **extra,
+    }
+
+
+def job(attempt: int = 1, **flags) -> AttemptJob:
+    return AttemptJob(name=f"sd-a{attempt}", attempt=attempt, suspended=False, **flags)
+
+
+def pod(index: int, phase: str = "Running", attempt: int = 1, **fields) -> WorkerPod:
+    return WorkerPod(
+        name=f"sd-a{attempt}-{index}", attempt=attempt, index=index, phase=phase, **fields
+    )
+
+
+def condition(plan, type_: str) -> dict:
+    return next(c for c in plan.status["conditions"] if c["type"] == type_)
+
+
+def test_new_job_creates_attempt_one():
+    plan = plan_reconcile(state(), Observed(), NOW)
+    assert plan.create_attempt == 1
+    assert plan.create_suspended is False
+    assert plan.status["phase"] == "Pending"
+    assert plan.status["attempt"] == 1
+    assert plan.status["observedGeneration"] == 1
+    assert [e.reason for e in plan.events] == ["Created"]
+
+
+def test_all_workers_running_is_running():
+    observed = Observed([job()], [pod(0), pod(1)])
+    plan = plan_reconcile(state(running_status(phase="Pending")), observed, NOW)
+    assert plan.create_attempt is None
+    assert plan.status["phase"] == "Running"
+    assert condition(plan, "Running")["status"] == "True"
+    assert plan.status["workers"]["ready"] == 2
+
+
+def test_partly_scheduled_stays_pending_with_the_scheduler_message():
+    unschedulable = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    observed = Observed([job()], [pod(0), pod(1, "Pending", unschedulable_message=unschedulable)])
+    plan = plan_reconcile(state(running_status(phase="Pending")), observed, NOW)
+    assert plan.status["phase"] == "Pending"
+    running = condition(plan, "Running")
+    assert running["status"] == "False"
+    assert running["reason"] == "WaitingForWorkers"
+    assert unschedulable in running["message"]
+
+
+def test_complete_job_succeeds():
+    observed = Observed([job(complete=True)], [pod(0, "Succeeded"), pod(1, "Succeeded")])
+    plan = plan_reconcile(state(running_status()), observed, NOW)
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["completionTime"] == format_time(NOW)
+    assert condition(plan, "Succeeded")["status"] == "True"
+
+
+def test_failure_without_restart_budget_fails_with_exit_code():
+    failed = pod(1, "Failed", exit_code=137, exit_reason="OOMKilled")
+    observed = Observed([job()], [pod(0), failed])
+    plan = plan_reconcile(state(running_status(), failurePolicy={"maxRestarts": 0}), observed, NOW)
+    assert plan.status["phase"] == "Failed"
+    failed_condition = condition(plan, "Failed")
+    assert failed_condition["reason"] == "WorkerFailed"
+    assert "exit code 137 (OOMKilled)" in failed_condition["message"]
+    assert plan.delete_jobs == ["sd-a1"]
+    assert plan.create_attempt is None
+
+
+def test_failure_with_budget_restarts_the_gang_after_backoff():
+    observed = Observed([job()], [pod(0), pod(1, "Failed", exit_code=1)])
+    plan = plan_reconcile(state(running_status(), failurePolicy={"maxRestarts": 2}), observed, NOW)
+    assert plan.status["phase"] == "Restarting"
+    assert plan.status["attempt"] == 2
+    assert plan.status["restarts"] == 1
+    assert plan.delete_jobs == ["sd-a1"]
+    assert plan.create_attempt is None  # not before the old pods are gone
+    assert plan.status["restartAfter"] == format_time(NOW + timedelta(seconds=10))
+    assert plan.status["lastFailure"]["attempt"] == 1
+    assert any(e.type == "Warning" for e in plan.events)
+
+
+def test_next_attempt_waits_for_old_pods():
+    status = running_status(attempt=2, phase="Restarting", restartAfter=format_time(NOW))
+    observed = Observed([], [pod(0, "Failed", attempt=1, deleting=True)])
+    plan = plan_reconcile(state(status), observed, NOW)
+    assert plan.create_attempt is None
+    assert condition(plan, "Restarting")["reason"] == "WaitingForOldWorkers"
+
+
+def test_next_attempt_waits_for_backoff():
+    later = NOW + timedelta(seconds=30)
+    status = running_status(attempt=2, phase="Restarting", restartAfter=format_time(later))
+    plan = plan_reconcile(state(status), Observed(), NOW)
+    assert plan.create_attempt is None
+    assert plan.requeue_after_s == 30
+
+
+def test_next_attempt_resumes_from_latest_checkpoint():
+    status = running_status(
+        attempt=2,
+        phase="Restarting",
+        restartAfter=format_time(NOW - timedelta(seconds=1)),
+        checkpoint={"latestUri": "/ckpt/step-00000050", "step": 50},
+    )
+    plan = plan_reconcile(state(status), Observed(), NOW)
+    assert plan.create_attempt == 2
+    assert plan.resume_from == "/ckpt/step-00000050"
+    assert plan.status["restartAfter"] is None
+
+
+def test_leftover_older_job_is_deleted():
+    status = running_status(attempt=2, phase="Restarting")
+    plan = plan_reconcile(state(status), Observed([job(1)], []), NOW)
+    assert plan.delete_jobs == ["sd-a1"]
+    assert plan.create_attempt is None or plan.create_attempt == 2
+
+
+def test_suspend_suspends_the_running_attempt_and_resume_unsuspends():
+    observed = Observed([job()], [pod(0), pod(1)])
+    suspended = plan_reconcile(state(running_status(), runPolicy={"suspend": True}), observed, NOW)
+    assert suspended.set_suspend == {"sd-a1": True}
+    assert suspended.status["phase"] == "Suspended"
+    suspended_job = AttemptJob(name="sd-a1", attempt=1, suspended=True)
+    resumed = plan_reconcile(
+        state(running_status(phase="Suspended")), Observed([suspended_job], []), NOW
+    )
+    assert resumed.set_suspend == {"sd-a1": False}
+    assert resumed.status["phase"] == "Pending"
+    assert resumed.status["attemptStartTime"] == format_time(NOW)
+
+
+def test_queued_job_is_created_suspended_and_left_to_kueue():
+    plan = plan_reconcile(state(runPolicy={"queueName": "gpus"}), Observed(), NOW)
+    assert plan.create_suspended is True
+    assert condition(plan, "Suspended")["reason"] == "WaitingForQueue"
+    queued = AttemptJob(name="sd-a1", attempt=1, suspended=True)
+    plan = plan_reconcile(
+        state(running_status(phase="Suspended"), runPolicy={"queueName": "gpus"}),
+        Observed([queued], []),
+        NOW,
+    )
+    assert plan.set_suspend == {}
+
+
+def test_start_deadline_fails_with_the_reason():
+    status = running_status(phase="Pending", attemptStartTime=format_time(NOW - timedelta(hours=1)))
+    message = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    observed = Observed([job()], [pod(0, "Pending", unschedulable_message=message)])
+    plan = plan_reconcile(state(status, runPolicy={"startDeadlineSeconds": 60}), observed, NOW)
+    assert plan.status["phase"] == "Failed"
+    failed = condition(plan, "Failed")
+    assert failed["reason"] == "StartDeadlineExceeded"
+    assert "Insufficient nvidia.com/gpu" in failed["message"]
+    assert plan.delete_jobs == ["sd-a1"]
+
+
+def test_active_deadline_fails_and_stops_workers():
+    status = running_status(startTime=format_time(NOW - timedelta(seconds=120)))
+    observed = Observed([job()], [pod(0), pod(1)])
+    plan = plan_reconcile(state(status, runPolicy={"activeDeadlineSeconds": 60}), observed, NOW)
+    assert condition(plan, "Failed")["reason"] == "DeadlineExceeded"
+    assert plan.delete_jobs == ["sd-a1"]
+
+
+def test_ttl_deletes_a_finished_job_only_when_due():
+    finished = {"phase": "Succeeded", "completionTime": format_time(NOW - timedelta(seconds=30))}
+    due = plan_reconcile(
+        state(finished, runPolicy={"ttlSecondsAfterFinished": 10}), Observed(), NOW
+    )
+    assert due.delete_self is True
+    early = plan_reconcile(
+        state(finished, runPolicy={"ttlSecondsAfterFinished": 60}), Observed(), NOW
+    )
+    assert early.delete_self is False
+    assert early.requeue_after_s == 30
+
+
+def test_job_created_before_a_lost_status_patch_is_adopted():
+    plan = plan_reconcile(state({}), Observed([job()], []), NOW)
+    assert plan.create_attempt is None
+    assert plan.status["attempt"] == 1
+
+
+def test_invalid_spec_fails_without_children():
+    job_state = JobState("sd", "ns", 1, spec_of(), {}, config_error="spec.training.x: bad")
+    plan = plan_reconcile(job_state, Observed(), NOW)
+    assert plan.status["phase"] == "Failed"
+    assert condition(plan, "Failed")["reason"] == "InvalidSpec"
+    assert plan.create_attempt is None
+
+
+def test_backoff_doubles_up_to_the_cap():
+    spec = spec_of(failurePolicy={"backoffSeconds": 10, "maxBackoffSeconds": 35})
+    assert [backoff_seconds(spec, n) for n in (1, 2, 3, 4)] == [10, 20, 35, 35]
+
+
+def test_condition_transition_time_is_kept_while_status_holds():
+    first = plan_reconcile(
+        state(running_status(phase="Pending")), Observed([job()], [pod(0), pod(1)]), NOW
+    )
+    later = NOW + timedelta(minutes=1)
+    second = plan_reconcile(state(first.status), Observed([job()], [pod(0), pod(1)]), later)
+    assert condition(second, "Running")["lastTransitionTime"] == format_time(NOW)
+    assert second.events == []

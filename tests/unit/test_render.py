@@ -1,0 +1,63 @@
+"""Presets, explicit fields and defaults resolve into one trainer config."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from diffusion_operator.partial import make_partial
+from diffusion_operator.render import merge_dicts, render_trainer_config
+from diffusion_operator.spec import DiffusionTrainingJobSpec
+from diffusion_trainer.config import ConfigError, TrainingConfig
+
+
+def spec_of(**fields) -> DiffusionTrainingJobSpec:
+    return DiffusionTrainingJobSpec.model_validate({"image": "trainer:1", **fields})
+
+
+def test_explicit_fields_override_the_preset():
+    spec = spec_of(preset="sd2-base-256", training={"maxSteps": 1000, "lr": 5e-5})
+    config = render_trainer_config(spec, "job", "ns", "/ckpt/ns/job")
+    assert config.training.max_steps == 1000
+    assert config.training.lr == 5e-5
+    assert config.training.global_batch_size == 2048  # from the preset
+    assert config.data.train.resolution == 256
+    assert config.checkpoint.uri == "/ckpt/ns/job"  # operator default
+    assert config.run.job_name == "job"
+
+
+def test_sd2_512_preset_turns_on_ema():
+    config = render_trainer_config(spec_of(preset="sd2-base-512"), "j", "ns", "/c")
+    assert config.model.ema is not None
+    assert config.model.ema.decay == 0.9999
+    assert config.data.train.resolution == 512
+
+
+def test_without_preset_trainer_defaults_apply():
+    config = render_trainer_config(
+        spec_of(training={"globalBatchSize": 64, "microBatchSize": 8}), "j", "ns", "/c"
+    )
+    assert config.model.unet == "sd2-base"
+    assert config.training.precision == "bf16"
+
+
+def test_indivisible_batch_names_the_field():
+    spec = spec_of(preset="sd2-base-256", resources={"nodes": 3})
+    with pytest.raises(ConfigError, match=r"spec\.training\.globalBatchSize"):
+        render_trainer_config(spec, "j", "ns", "/c")
+
+
+def test_partial_models_keep_constraints_and_allow_omission():
+    partial = make_partial(TrainingConfig)
+    assert partial.model_validate({}).model_dump(exclude_none=True) == {}
+    with pytest.raises(ValidationError, match="microBatchSize"):
+        partial.model_validate({"microBatchSize": 0})
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        partial.model_validate({"microBatchSzie": 4})
+
+
+def test_merge_dicts_is_deep_and_does_not_mutate():
+    base = {"a": {"b": 1, "c": 2}}
+    merged = merge_dicts(base, {"a": {"c": 3}})
+    assert merged == {"a": {"b": 1, "c": 3}}
+    assert base == {"a": {"b": 1, "c": 2}}

@@ -1,0 +1,245 @@
+"""Trainer configuration: torch-free pydantic models.
+
+The operator imports these models: the sections here are the `model`, `data`, `training`,
+`eval` and `checkpoint` sections of a DiffusionTrainingJob spec, and the operator renders a
+complete `TrainerConfig` into the ConfigMap each worker reads. Keys are camelCase in YAML
+(as in the job spec); snake_case names are accepted too. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class Section(BaseModel):
+    """Base of every config section: camelCase keys, unknown keys refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+    )
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class EmaConfig(Section):
+    """Exponential moving average of the U-Net weights, kept sharded like the model."""
+
+    decay: Annotated[float, Field(gt=0.0, lt=1.0, description="EMA decay per optimizer step.")] = (
+        0.9999
+    )
+    start_step: Annotated[int, Field(ge=0, description="First step that updates the EMA.")] = 0
+
+
+class ModelConfig(Section):
+    """The U-Net to train and the frozen encoders it needs."""
+
+    unet: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="U-Net architecture shipped with the trainer: sd2-base or tiny.",
+            json_schema_extra={"enum": ["sd2-base", "tiny"]},
+        ),
+    ] = "sd2-base"
+    pretrained: Annotated[
+        str | None,
+        Field(description="Hugging Face id or local path of a diffusers model to start from."),
+    ] = None
+    vae: Annotated[
+        str | None,
+        Field(description="Hugging Face id or path of the VAE (needed for raw image data)."),
+    ] = None
+    text_encoder: Annotated[
+        str | None,
+        Field(description="Hugging Face id or path holding text_encoder/ and tokenizer/."),
+    ] = None
+    prediction_type: Annotated[
+        Literal["epsilon", "v_prediction"], Field(description="What the U-Net predicts.")
+    ] = "epsilon"
+    zero_terminal_snr: Annotated[
+        bool, Field(description="Rescale the noise schedule to zero terminal SNR.")
+    ] = False
+    offset_noise: Annotated[
+        float, Field(ge=0.0, le=1.0, description="Offset-noise strength (0 disables).")
+    ] = 0.0
+    min_snr_gamma: Annotated[
+        float | None, Field(gt=0.0, description="Min-SNR-gamma loss weighting (null disables).")
+    ] = None
+    ema: Annotated[EmaConfig | None, Field(description="EMA of the weights (null disables).")] = (
+        None
+    )
+
+
+class DatasetConfig(Section):
+    """One MosaicML Streaming (MDS) dataset."""
+
+    remote: Annotated[
+        str | None,
+        Field(description="s3://, gs:// or local path of the MDS shards (null: only `local`)."),
+    ] = None
+    local: Annotated[
+        str, Field(min_length=1, description="Local cache directory (or the shards themselves).")
+    ] = "/tmp/dtj-data"
+    precomputed_latents: Annotated[
+        bool,
+        Field(description="Shards hold VAE latents and text hidden states, not images/captions."),
+    ] = True
+    resolution: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 256
+    caption_drop_prob: Annotated[
+        Probability, Field(description="Probability of dropping a caption (CFG training).")
+    ] = 0.1
+    shuffle: bool = True
+    num_workers: Annotated[int, Field(ge=0, le=64, description="DataLoader workers.")] = 4
+
+
+class DataConfig(Section):
+    train: DatasetConfig = Field(default_factory=DatasetConfig)
+    eval: DatasetConfig | None = None
+
+
+class TrainingConfig(Section):
+    """Optimization recipe. The global batch is reached by gradient accumulation."""
+
+    global_batch_size: Annotated[PositiveInt, Field(description="Images per optimizer step.")] = (
+        2048
+    )
+    micro_batch_size: Annotated[
+        PositiveInt, Field(description="Images per GPU per forward/backward pass.")
+    ] = 16
+    max_steps: Annotated[PositiveInt, Field(description="Optimizer steps to train.")] = 550_000
+    lr: Annotated[float, Field(gt=0.0, le=1.0, description="Peak learning rate.")] = 1.0e-4
+    warmup_steps: Annotated[int, Field(ge=0, description="Linear warmup steps.")] = 10_000
+    lr_schedule: Annotated[
+        Literal["constant", "cosine"], Field(description="Schedule after warmup.")
+    ] = "constant"
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    betas: Annotated[tuple[float, float], Field(description="AdamW betas.")] = (0.9, 0.999)
+    precision: Annotated[
+        Literal["bf16", "fp32"], Field(description="Mixed precision for compute (bf16).")
+    ] = "bf16"
+    grad_clip_norm: Annotated[
+        float | None, Field(gt=0.0, description="Clip gradients to this norm (null disables).")
+    ] = 1.0
+    compile: Annotated[bool, Field(description="torch.compile each U-Net block.")] = False
+    activation_checkpointing: bool = False
+    channels_last: bool = True
+    seed: Annotated[int, Field(ge=0)] = 17
+    log_interval_steps: Annotated[PositiveInt, Field(description="Log every N steps.")] = 10
+
+
+EvalMetric = Literal["fid", "clip"]
+EVAL_METRICS: tuple[EvalMetric, ...] = ("fid", "clip")
+
+
+class EvalConfig(Section):
+    """Periodic evaluation (FID and CLIP score)."""
+
+    interval_steps: Annotated[int, Field(ge=0, description="0 disables periodic eval.")] = 0
+    guidance_scales: list[Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: [1.0, 3.0, 7.0]
+    )
+    num_samples: Annotated[PositiveInt, Field(description="Images generated per scale.")] = 30_000
+    metrics: list[EvalMetric] = Field(default_factory=lambda: list(EVAL_METRICS))
+
+
+class CheckpointConfig(Section):
+    """Sharded checkpoints, committed atomically under `uri`."""
+
+    uri: Annotated[
+        str, Field(min_length=1, description="Local/PVC path, s3:// or gs:// prefix.")
+    ] = "/tmp/dtj-checkpoints"
+    interval_steps: Annotated[PositiveInt, Field(description="Save every N steps.")] = 1000
+    keep_last: Annotated[PositiveInt, Field(description="Committed checkpoints to keep.")] = 3
+    resume_from: Annotated[
+        str | None,
+        Field(description="Checkpoint to resume from; default: latest committed under uri."),
+    ] = None
+    export_diffusers: Annotated[
+        bool, Field(description="Export the final U-Net (and EMA) as a diffusers folder.")
+    ] = True
+
+
+class MetricsConfig(Section):
+    """Prometheus metrics and the JSON progress endpoint served by node rank 0."""
+
+    port: Annotated[int, Field(ge=1024, le=65535)] = 9400
+    enabled: bool = True
+
+
+class RunInfo(Section):
+    """Who this run is, for logs and metric labels (filled in by the operator)."""
+
+    job_name: str = "local"
+    namespace: str = "default"
+    attempt: Annotated[int, Field(ge=1)] = 1
+
+
+class TrainerConfig(Section):
+    """Everything one training run needs."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    run: RunInfo = Field(default_factory=RunInfo)
+
+    @model_validator(mode="after")
+    def check_micro_batch_fits(self) -> TrainerConfig:
+        if self.training.micro_batch_size > self.training.global_batch_size:
+            raise ValueError(
+                "training.microBatchSize must not exceed training.globalBatchSize; "
+                "lower microBatchSize or raise globalBatchSize"
+            )
+        return self
+
+
+def check_batch_divisible(training: TrainingConfig, world_size: int) -> int:
+    """Gradient accumulation steps that reach the global batch at this world size."""
+    per_step = training.micro_batch_size * world_size
+    if training.global_batch_size % per_step:
+        raise ValueError(
+            f"training.globalBatchSize={training.global_batch_size} is not divisible by "
+            f"microBatchSize x world size = {training.micro_batch_size} x {world_size}; "
+            "choose a global batch size that is a multiple of it"
+        )
+    return training.global_batch_size // per_step
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used, with a message that names the field and the fix."""
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "invalid trainer config:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path) -> TrainerConfig:
+    """Read and validate a YAML trainer config; raise ConfigError with readable messages."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read trainer config {path}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"trainer config {path} is not valid YAML: {error}") from error
+    try:
+        return TrainerConfig.model_validate(raw or {})
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from error
+
+
+def dump_config(config: TrainerConfig) -> str:
+    """YAML with camelCase keys, as the operator writes it into the ConfigMap."""
+    return yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False)
