@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# The Diffusion Operator: `dtj operator` (kopf) with only the operator extra installed.
+# Build from the repository root: docker build -f docker/operator.Dockerfile -t operator:dev .
+ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+
+FROM ${UV_IMAGE} AS uv
+
+FROM ${PYTHON_IMAGE} AS build
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/venv
+WORKDIR /src
+# Dependencies first, exactly as locked, so that source edits reuse this layer.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --extra operator --no-install-project
+COPY operator ./operator
+COPY trainer ./trainer
+RUN uv sync --frozen --no-dev --extra operator --no-editable
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="diffusion-operator" \
+      org.opencontainers.image.description="Kubernetes operator for DiffusionTrainingJob" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+# Numeric, so that Kubernetes can verify runAsNonRoot without /etc/passwd.
+USER 1000:1000
+# Liveness (/healthz) and Prometheus metrics.
+EXPOSE 8080 8000
+ENTRYPOINT ["dtj", "operator"]

@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# The trainer: torchrun + diffusion_trainer with the trainer extra, exactly as uv.lock pins it
+# (torch and its CUDA 13 libraries come from the lock, the base only brings the CUDA userland).
+# Build from the repository root: docker build -f docker/trainer.Dockerfile -t trainer:dev .
+# No model weights are baked in: jobs read them from object storage or a volume at run time.
+ARG CUDA_BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+ARG PYTHON_VERSION=3.11.14
+
+FROM ${UV_IMAGE} AS uv
+
+FROM ${CUDA_BASE_IMAGE} AS build
+ARG PYTHON_VERSION
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_INSTALL_DIR=/opt/python \
+    UV_PYTHON_PREFERENCE=only-managed \
+    UV_PYTHON=${PYTHON_VERSION} \
+    UV_PROJECT_ENVIRONMENT=/opt/venv
+RUN uv python install "${PYTHON_VERSION}"
+WORKDIR /src
+# Dependencies first (the large layer), so that source edits reuse it.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --extra trainer --no-install-project
+COPY operator ./operator
+COPY trainer ./trainer
+RUN uv sync --frozen --no-dev --extra trainer --no-editable
+
+FROM ${CUDA_BASE_IMAGE}
+LABEL org.opencontainers.image.title="diffusion-trainer" \
+      org.opencontainers.image.description="FSDP2 Stable Diffusion trainer run by DiffusionTrainingJob workers" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/python /opt/python
+COPY --from=build /opt/venv /opt/venv
+# Every cache lives under /tmp, a writable volume (an emptyDir in worker pods), so the image works
+# with a read-only root filesystem and never downloads into its own layers.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    HF_HOME=/tmp/huggingface \
+    XDG_CACHE_HOME=/tmp/.cache \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
+    TRITON_CACHE_DIR=/tmp/triton
+VOLUME ["/tmp"]
+WORKDIR /tmp
+# The uid worker pods run as (runAsUser 1000).
+USER 1000:1000
+# torchrun rendezvous and trainer metrics.
+EXPOSE 29500 9400
+# Exec form: torchrun is PID 1 and gets SIGTERM, which it forwards to the trainer processes
+# (they write an emergency checkpoint). Worker pods pass the same command with their own args.
+ENTRYPOINT ["torchrun"]
+CMD ["--standalone", "--nproc-per-node=1", "-m", "diffusion_trainer", "--config", "/etc/dtj/config.yaml"]

@@ -1,0 +1,97 @@
+{{/* Chart name, cut to the 63 characters a label value allows. */}}
+{{- define "diffusion-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Prefix of every resource name: <release>-diffusion-operator unless overridden. */}}
+{{- define "diffusion-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "diffusion-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "diffusion-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "diffusion-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "diffusion-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: diffusion-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "diffusion-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "diffusion-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "diffusion-operator.workerServiceAccountName" -}}
+{{- default (printf "%s-worker" (include "diffusion-operator.fullname" .)) .Values.workerServiceAccount.name }}
+{{- end }}
+
+{{- define "diffusion-operator.clusterScoped" -}}
+{{- if eq .Values.rbac.scope "cluster" }}true{{ end }}
+{{- end }}
+
+{{/* Namespaces the operator watches in namespaced scope: the release namespace first. */}}
+{{- define "diffusion-operator.watchNamespaces" -}}
+{{- prepend .Values.rbac.watchNamespaces .Release.Namespace | uniq | join "," }}
+{{- end }}
+
+{{- define "diffusion-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's API access, the same in a Role or a ClusterRole. Nothing on Secrets (worker pods
+reference them by name; the operator never reads them) and no wildcards.
+*/}}
+{{- define "diffusion-operator.rules" -}}
+# Jobs are watched and re-read at each reconcile pass; deleted at their TTL.
+- apiGroups: ["diffusion.dev"]
+  resources: ["diffusiontrainingjobs"]
+  verbs: ["get", "list", "watch", "delete"]
+- apiGroups: ["diffusion.dev"]
+  resources: ["diffusiontrainingjobs/status"]
+  verbs: ["patch"]
+# Children carry blockOwnerDeletion; clusters with OwnerReferencesPermissionEnforcement require this.
+- apiGroups: ["diffusion.dev"]
+  resources: ["diffusiontrainingjobs/finalizers"]
+  verbs: ["update"]
+# One Indexed Job per attempt: watched (a change triggers a pass), suspended/resumed by patch.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Worker pods are only observed (phase, exit codes, scheduling); a change triggers a pass.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# The rendered trainer config and the headless rendezvous Service.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create"]
+# One Event per job transition.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
