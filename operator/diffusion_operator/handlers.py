@@ -16,6 +16,7 @@ import kopf
 from kubernetes import client, config
 
 from diffusion_operator import constants as c
+from diffusion_operator import metrics
 from diffusion_operator.kube import Kube
 from diffusion_operator.reconcile import forget_job, reconcile
 from diffusion_operator.settings import OperatorSettings, load_settings
@@ -50,6 +51,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = 16
     kube()
+    metrics.serve(_settings.metrics_port)
     _stop_resync.clear()
     threading.Thread(target=resync_forever, name="dtj-resync", daemon=True).start()
 
@@ -105,6 +107,7 @@ def resync_forever() -> None:
         except Exception as error:  # keep the loop alive through API outages
             log.warning("resync: cannot list jobs: %s", error)
             continue
+        metrics.record_job_phases([(b.get("status") or {}).get("phase") for b in bodies])
         for body in bodies:
             meta = body["metadata"]
             reconcile_safely(meta["namespace"], meta["name"], log)

@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from diffusion_operator import constants as c
 from diffusion_operator.builders import Owner
+from diffusion_operator.metrics import API_ERRORS
 from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
 
 NOT_FOUND = 404
 CONFLICT = 409
+T = TypeVar("T")
 
 
 def _ignore(status: int, error: ApiException) -> None:
     if error.status != status:
         raise error
+
+
+def counted(method: Callable[..., T]) -> Callable[..., T]:
+    """Count API errors by operation (expected 404/409s are handled inside and not counted)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except ApiException:
+            API_ERRORS.labels(operation=method.__name__).inc()
+            raise
+
+    return wrapper
 
 
 class Kube:
@@ -29,6 +47,7 @@ class Kube:
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
+    @counted
     def observe(self, namespace: str, job_name: str) -> Observed:
         selector = f"{c.LABEL_JOB_NAME}={job_name},{c.LABEL_ROLE}=worker"
         jobs = self.batch.list_namespaced_job(namespace, label_selector=selector).items
@@ -37,6 +56,7 @@ class Kube:
             jobs=[to_attempt_job(j) for j in jobs], pods=[to_worker_pod(p) for p in pods]
         )
 
+    @counted
     def apply_config_map(self, body: dict[str, Any]) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
@@ -45,27 +65,32 @@ class Kube:
             _ignore(CONFLICT, error)
             self.core.patch_namespaced_config_map(name, namespace, {"data": body["data"]})
 
+    @counted
     def ensure_service(self, body: dict[str, Any]) -> None:
         try:
             self.core.create_namespaced_service(body["metadata"]["namespace"], body)
         except ApiException as error:
             _ignore(CONFLICT, error)
 
+    @counted
     def create_job(self, body: dict[str, Any]) -> None:
         try:
             self.batch.create_namespaced_job(body["metadata"]["namespace"], body)
         except ApiException as error:
             _ignore(CONFLICT, error)
 
+    @counted
     def delete_job(self, namespace: str, name: str) -> None:
         try:
             self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
         except ApiException as error:
             _ignore(NOT_FOUND, error)
 
+    @counted
     def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
 
+    @counted
     def post_event(self, owner: Owner, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the DiffusionTrainingJob."""
         now = datetime.now(UTC)
@@ -90,11 +115,13 @@ class Kube:
         }
         self.core.create_namespaced_event(owner.namespace, body)
 
+    @counted
     def get_training_job(self, namespace: str, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(
             c.GROUP, c.VERSION, namespace, c.PLURAL, name
         )
 
+    @counted
     def list_training_jobs(self, namespaces: list[str]) -> list[dict[str, Any]]:
         if not namespaces:
             return self.custom.list_cluster_custom_object(c.GROUP, c.VERSION, c.PLURAL)["items"]
@@ -105,11 +132,13 @@ class Kube:
             )["items"]
         return items
 
+    @counted
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
             c.GROUP, c.VERSION, namespace, c.PLURAL, name, {"status": status}
         )
 
+    @counted
     def delete_training_job(self, namespace: str, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from logging import Logger
@@ -11,9 +12,13 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from diffusion_operator import metrics, names
 from diffusion_operator.builders import Owner, build_config_map, build_service
 from diffusion_operator.kube import NOT_FOUND, Kube
-from diffusion_operator.lifecycle import JobEvent, JobState, Plan, plan_reconcile
+from diffusion_operator.lifecycle import JobEvent, JobState, Plan, format_time, plan_reconcile
+from diffusion_operator.observed import Observed, WorkerPod
+from diffusion_operator.progress import mark_stale, newer_checkpoint, progress_from_reading
+from diffusion_operator.progress_client import fetch_progress
 from diffusion_operator.render import render_trainer_config
 from diffusion_operator.settings import OperatorSettings
 from diffusion_operator.spec import DiffusionTrainingJobSpec
@@ -30,9 +35,11 @@ def lock_for(uid: str) -> threading.Lock:
         return _locks.setdefault(uid, threading.Lock())
 
 
-def forget_job(uid: str) -> None:
+def forget_job(key: str) -> None:
+    """A deleted job: drop its lock and its per-job metric state."""
     with _locks_guard:
-        _locks.pop(uid, None)
+        _locks.pop(key, None)
+    metrics.forget_job_metrics(key)
 
 
 def changed_status(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -71,25 +78,29 @@ def reconcile(
 ) -> Plan | None:
     """One pass for one job. The job is read inside the lock: a pass never acts on a status
     that an earlier pass has already changed."""
-    with lock_for(f"{namespace}/{name}"):
+    with lock_for(f"{namespace}/{name}"), metrics.RECONCILE_DURATION.time():
         try:
             body = kube.get_training_job(namespace, name)
         except ApiException as error:
             if error.status == NOT_FOUND:
                 return None  # deleted: owner references clean up the children
             raise
-        meta = body["metadata"]
-        owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+        owner = Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
         old_status = body.get("status") or {}
-        plan = plan_for(body, owner, kube, settings)
+        plan, observed = plan_for(body, owner, kube, settings)
         execute_plan(plan, owner, kube, log)
+        if observed is not None and plan.spec is not None:
+            read_progress(plan, observed, owner, settings)
+            record_metrics(plan, observed, old_status, owner)
         patch = changed_status(old_status, plan.status)
         if patch and not plan.delete_self:
             kube.patch_status(namespace, name, patch)
         return plan
 
 
-def plan_for(body: dict[str, Any], owner: Owner, kube: Kube, settings: OperatorSettings) -> Plan:
+def plan_for(
+    body: dict[str, Any], owner: Owner, kube: Kube, settings: OperatorSettings
+) -> tuple[Plan, Observed | None]:
     meta = body["metadata"]
     status = dict(body.get("status") or {})
     parsed = parse_spec(body.get("spec") or {}, owner.name, owner.namespace, settings)
@@ -100,7 +111,7 @@ def plan_for(body: dict[str, Any], owner: Owner, kube: Kube, settings: OperatorS
             else [JobEvent("Warning", "InvalidSpec", parsed.error or "")]
         )
         status.update(phase="Failed", observedGeneration=meta.get("generation"))
-        return Plan(status=status, events=events)
+        return Plan(status=status, events=events), None
     terminal = status.get("phase") in ("Succeeded", "Failed")
     if parsed.config is not None and not terminal:
         kube.apply_config_map(build_config_map(owner, parsed.config))
@@ -108,9 +119,48 @@ def plan_for(body: dict[str, Any], owner: Owner, kube: Kube, settings: OperatorS
     job = JobState(
         owner.name, owner.namespace, meta.get("generation"), parsed.spec, status, parsed.error
     )
-    plan = plan_reconcile(job, kube.observe(owner.namespace, owner.name), datetime.now(UTC))
+    observed = kube.observe(owner.namespace, owner.name)
+    plan = plan_reconcile(job, observed, datetime.now(UTC))
     plan.spec = parsed.spec
-    return plan
+    return plan, observed
+
+
+def read_progress(plan: Plan, observed: Observed, owner: Owner, settings: OperatorSettings) -> None:
+    """Fold rank 0's progress into status while the gang runs; unreachable means stale."""
+    if plan.status.get("phase") != "Running":
+        return
+    attempt = int(plan.status.get("attempt", 0))
+    rank0 = next((p for p in observed.pods_of(attempt) if p.index == 0 and not p.deleting), None)
+    reading = None
+    if rank0 is not None and rank0.phase == "Running":
+        reading = fetch_progress(progress_host(rank0, owner, attempt, settings))
+    if reading is None:
+        plan.status["progress"] = mark_stale(plan.status.get("progress"))
+        return
+    plan.status["progress"] = progress_from_reading(reading, format_time(datetime.now(UTC)))
+    checkpoint = newer_checkpoint(plan.status.get("checkpoint"), reading)
+    if checkpoint:
+        plan.status["checkpoint"] = checkpoint
+
+
+def progress_host(pod: WorkerPod, owner: Owner, attempt: int, settings: OperatorSettings) -> str:
+    if settings.progress_address == "service-dns" or not pod.pod_ip:
+        return names.master_address(owner.name, attempt, owner.namespace)
+    return pod.pod_ip
+
+
+def record_metrics(plan: Plan, observed: Observed, old_status: dict, owner: Owner) -> None:
+    attempt = int(plan.status.get("attempt", 0))
+    pods = observed.pods_of(attempt)
+    key = f"{owner.namespace}/{owner.name}"
+    metrics.record_worker_pods(key, [p.phase for p in observed.pods])
+    running = len([p for p in pods if p.phase == "Running" and not p.deleting])
+    gpus = plan.spec.resources.gpus_per_node if plan.spec else 0
+    metrics.account_gpu_time(owner.namespace, owner.name, running, gpus, time.monotonic())
+    restarts = int(plan.status.get("restarts", 0))
+    if restarts > int(old_status.get("restarts", 0)):
+        reason = (plan.status.get("lastFailure") or {}).get("reason", "Unknown")
+        metrics.RESTARTS.labels(namespace=owner.namespace, job=owner.name, reason=reason).inc()
 
 
 def execute_plan(plan: Plan, owner: Owner, kube: Kube, log: Logger) -> None:

@@ -192,6 +192,14 @@ class DiffusionTrainingJobSpec(Section):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[ObjectRef] = Field(default_factory=list)
     service_account_name: ResourceName | None = None
+    pod_labels: Annotated[
+        dict[str, str],
+        Field(max_length=32, description="Extra labels on worker pods (e.g. for cost reports)."),
+    ] = Field(default_factory=dict)
+    pod_annotations: Annotated[
+        dict[str, str],
+        Field(max_length=32, description="Extra annotations on worker pods (e.g. for a mesh)."),
+    ] = Field(default_factory=dict)
     model: PartialModel | None = None  # type: ignore[valid-type]
     data: PartialData | None = None  # type: ignore[valid-type]
     training: PartialTraining | None = None  # type: ignore[valid-type]

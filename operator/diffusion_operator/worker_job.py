@@ -37,7 +37,10 @@ def build_worker_job(
             "backoffLimit": 0,
             "suspend": suspend,
             "template": {
-                "metadata": {"labels": {**owner.labels(), **attempt_labels}},
+                "metadata": {
+                    "labels": {**spec.pod_labels, **owner.labels(), **attempt_labels},
+                    "annotations": dict(spec.pod_annotations),
+                },
                 "spec": build_pod_spec(owner, spec, attempt, resume_from),
             },
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,17 @@ from testenv.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "diffusion.dev", "v1alpha1", "diffusiontrainingjobs"
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+OPERATOR_METRICS_PORT = free_port()
 OPERATOR_ENV = {
     "DTJ_OPERATOR_RECONCILE_INTERVAL_S": "1",
     "DTJ_OPERATOR_DEFAULT_CHECKPOINT_ROOT": "/checkpoints",
+    "DTJ_OPERATOR_METRICS_PORT": str(OPERATOR_METRICS_PORT),
 }
 
 
@@ -66,6 +75,26 @@ def run_operator(control_plane, crd, namespace, monkeypatch) -> Iterator[Any]:
 @pytest.fixture
 def operator(run_operator):
     return run_operator()
+
+
+@pytest.fixture
+def operator_metrics():
+    """Scrape the in-process operator's /metrics over HTTP: {(name, labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple], float]:
+        url = f"http://127.0.0.1:{OPERATOR_METRICS_PORT}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    return scrape
 
 
 class TrainingJobs:

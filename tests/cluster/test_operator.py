@@ -18,7 +18,9 @@ def finish_pods(dtjs, pods, outcome: str = "Succeeded", **extra: str) -> None:
         dtjs.annotate_pod(pod.metadata.name, {OUTCOME: outcome, **extra})
 
 
-def test_job_runs_on_gpu_nodes_and_succeeds(dtjs, make_gpu_pool, operator, control_plane, job_spec):
+def test_job_runs_on_gpu_nodes_and_succeeds(
+    dtjs, make_gpu_pool, operator, control_plane, job_spec, operator_metrics
+):
     pool = make_gpu_pool(num_nodes=2)
     dtjs.create("ok", job_spec(pool))
     pods = dtjs.running_pods("ok", attempt=1, count=2)
@@ -79,6 +81,11 @@ def test_job_runs_on_gpu_nodes_and_succeeds(dtjs, make_gpu_pool, operator, contr
     }
     assert {"Created", "AllWorkersRunning", "AllWorkersSucceeded"} <= reasons
 
+    samples = operator_metrics()
+    gpu_key = ("dtj_operator_gpu_seconds_total", (("job", "ok"), ("namespace", dtjs.namespace)))
+    assert samples[gpu_key] > 0
+    assert samples[("dtj_operator_reconcile_duration_seconds_count", ())] > 0
+
 
 def test_failed_worker_without_restarts_fails_the_job(dtjs, make_gpu_pool, operator, job_spec):
     pool = make_gpu_pool(num_nodes=2)
@@ -98,7 +105,7 @@ def test_failed_worker_without_restarts_fails_the_job(dtjs, make_gpu_pool, opera
 
 
 def test_gang_restart_resumes_from_checkpoint_after_old_pods_are_gone(
-    dtjs, make_gpu_pool, operator, job_spec
+    dtjs, make_gpu_pool, operator, job_spec, operator_metrics
 ):
     pool = make_gpu_pool(num_nodes=2)
     spec = job_spec(pool, failurePolicy={"maxRestarts": 1, "backoffSeconds": 1})
@@ -123,6 +130,11 @@ def test_gang_restart_resumes_from_checkpoint_after_old_pods_are_gone(
     assert status["restarts"] == 1
     assert status["lastFailure"]["attempt"] == 1
 
+    restart_key = (
+        "dtj_operator_restarts_total",
+        (("job", "gang"), ("namespace", dtjs.namespace), ("reason", "WorkerFailed")),
+    )
+    assert operator_metrics()[restart_key] == 1
     finish_pods(dtjs, pods[:1], "Failed", **{"testenv.diffusion.dev/exit-code": "2"})
     dtjs.wait_phase("gang", "Failed")
     assert "no restarts left (maxRestarts: 1)" in dtjs.condition("gang", "Failed")["message"]

@@ -1,0 +1,107 @@
+"""Operator metrics (prometheus-client), served on DTJ_OPERATOR_METRICS_PORT."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECONCILE_DURATION = Histogram(
+    "dtj_operator_reconcile_duration_seconds",
+    "Duration of one reconcile pass of one job.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+JOBS = Gauge("dtj_operator_jobs", "DiffusionTrainingJobs by phase.", ["phase"], registry=REGISTRY)
+RESTARTS = Counter(
+    "dtj_operator_restarts",
+    "Gang restarts, by the reason of the failure that caused them.",
+    ["namespace", "job", "reason"],
+    registry=REGISTRY,
+)
+WORKER_PODS = Gauge(
+    "dtj_operator_worker_pods", "Worker pods of all jobs, by phase.", ["phase"], registry=REGISTRY
+)
+GPU_SECONDS = Counter(
+    "dtj_operator_gpu_seconds",
+    "GPU-seconds allocated to a job's running worker pods.",
+    ["namespace", "job"],
+    registry=REGISTRY,
+)
+API_ERRORS = Counter(
+    "dtj_operator_api_errors",
+    "Kubernetes API calls that failed, by operation.",
+    ["operation"],
+    registry=REGISTRY,
+)
+
+POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gauge": ("",),
+}
+_pods_by_job: dict[str, Tally[str]] = {}
+_pods_lock = threading.Lock()
+_server_started = False
+_gpu_seen_s: dict[str, float] = {}
+
+
+def account_gpu_time(
+    namespace: str, job: str, num_running_pods: int, gpus_per_pod: int, now_s: float
+) -> None:
+    """Add the GPU-seconds allocated since the previous pass over this job."""
+    key = f"{namespace}/{job}"
+    last_s = _gpu_seen_s.get(key)
+    _gpu_seen_s[key] = now_s
+    if last_s is not None and num_running_pods and gpus_per_pod:
+        elapsed_s = max(now_s - last_s, 0.0)
+        GPU_SECONDS.labels(namespace=namespace, job=job).inc(
+            elapsed_s * num_running_pods * gpus_per_pod
+        )
+
+
+def metric_names(registry: CollectorRegistry = REGISTRY) -> set[str]:
+    """Every sample name this registry can expose (with _total/_bucket/... suffixes)."""
+    names: set[str] = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
+    return names
+
+
+def record_worker_pods(job_key: str, phases: list[str]) -> None:
+    with _pods_lock:
+        _pods_by_job[job_key] = Tally(phases)
+        _publish_pods()
+
+
+def forget_job_metrics(job_key: str) -> None:
+    _gpu_seen_s.pop(job_key, None)
+    with _pods_lock:
+        _pods_by_job.pop(job_key, None)
+        _publish_pods()
+
+
+def _publish_pods() -> None:
+    totals: Tally[str] = Tally()
+    for tally in _pods_by_job.values():
+        totals.update(tally)
+    for phase in POD_PHASES:
+        WORKER_PODS.labels(phase=phase).set(totals.get(phase, 0))
+
+
+def record_job_phases(phases: list[str | None]) -> None:
+    tally = Tally(phase or "Pending" for phase in phases)
+    for phase in ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"):
+        JOBS.labels(phase=phase).set(tally.get(phase, 0))
+
+
+def serve(port: int) -> None:
+    """Start the exposition server once per process (port 0 disables it)."""
+    global _server_started  # noqa: PLW0603 - one server per process
+    if port and not _server_started:
+        start_http_server(port, registry=REGISTRY)
+        _server_started = True

@@ -1,0 +1,55 @@
+"""Training progress from rank 0's JSON endpoint, folded into the job status (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_eta(seconds: float | None) -> str | None:
+    if seconds is None or seconds < 0:
+        return None
+    total_min = int(seconds // 60)
+    days, rest_min = divmod(total_min, 24 * 60)
+    hours, minutes = divmod(rest_min, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{int(seconds % 60):02d}s"
+
+
+def progress_from_reading(reading: dict[str, Any], now: str) -> dict[str, Any]:
+    """status.progress from a fresh /progress reading."""
+    eta_s = reading.get("etaSeconds")
+    images = reading.get("imagesPerSecond")
+    loss = reading.get("loss")
+    return {
+        "step": reading.get("step"),
+        "totalSteps": reading.get("totalSteps"),
+        "imagesPerSecond": round(images, 2) if isinstance(images, int | float) else None,
+        "loss": round(loss, 5) if isinstance(loss, int | float) else None,
+        "etaSeconds": int(eta_s) if isinstance(eta_s, int | float) else None,
+        "eta": format_eta(eta_s),
+        "updatedAt": now,
+        "stale": False,
+    }
+
+
+def mark_stale(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Keep the last known values, flagged; never an error."""
+    if not progress or progress.get("stale"):
+        return progress
+    return {**progress, "stale": True}
+
+
+def newer_checkpoint(
+    current: dict[str, Any] | None, reading: dict[str, Any]
+) -> dict[str, Any] | None:
+    """status.checkpoint from the reading, if it names a newer committed checkpoint."""
+    latest = reading.get("checkpoint") or {}
+    step = latest.get("step")
+    if not latest.get("uri") or step is None:
+        return None
+    if current and (current.get("step") or -1) >= step:
+        return None
+    return {"latestUri": latest["uri"], "step": step, "time": latest.get("time")}

@@ -1,0 +1,60 @@
+"""Progress readings become status.progress and status.checkpoint; failures only mark stale."""
+
+from __future__ import annotations
+
+from diffusion_operator.progress import (
+    format_eta,
+    mark_stale,
+    newer_checkpoint,
+    progress_from_reading,
+)
+
+READING = {
+    "step": 120,
+    "totalSteps": 1000,
+    "imagesPerSecond": 712.3456,
+    "loss": 0.1234567,
+    "etaSeconds": 3725.2,
+    "checkpoint": {"uri": "/ckpt/step-00000100", "step": 100, "time": "2026-11-29T12:00:00Z"},
+}
+
+
+def test_progress_from_reading_rounds_and_formats():
+    progress = progress_from_reading(READING, "2026-11-29T12:01:00Z")
+    assert progress == {
+        "step": 120,
+        "totalSteps": 1000,
+        "imagesPerSecond": 712.35,
+        "loss": 0.12346,
+        "etaSeconds": 3725,
+        "eta": "1h02m",
+        "updatedAt": "2026-11-29T12:01:00Z",
+        "stale": False,
+    }
+
+
+def test_eta_formats():
+    assert format_eta(59) == "0m59s"
+    assert format_eta(3 * 86400 + 7200) == "3d2h"
+    assert format_eta(None) is None
+    assert format_eta(-1) is None
+
+
+def test_unreachable_endpoint_keeps_values_and_marks_stale():
+    progress = progress_from_reading(READING, "t")
+    stale = mark_stale(progress)
+    assert stale is not None
+    assert stale["stale"] is True
+    assert stale["step"] == 120
+    assert mark_stale(None) is None
+
+
+def test_only_a_newer_checkpoint_replaces_status():
+    assert newer_checkpoint(None, READING) == {
+        "latestUri": "/ckpt/step-00000100",
+        "step": 100,
+        "time": "2026-11-29T12:00:00Z",
+    }
+    assert newer_checkpoint({"latestUri": "/x", "step": 100}, READING) is None
+    assert newer_checkpoint({"latestUri": "/x", "step": 50}, READING) is not None
+    assert newer_checkpoint(None, {"step": 1}) is None
