@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TESTENV := tools/testenv
 
 .PHONY: help setup test test-unit test-cluster lint fmt typecheck testenv-build testenv-up \
-	testenv-down demo clean crd
+	testenv-down demo demo-down clean crd
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -44,9 +44,11 @@ testenv-up: setup  ## start the local control plane; prints the kubeconfig path
 testenv-down:  ## stop the local control plane (by recorded PIDs)
 	@$(TESTENV)/down.sh
 
-demo: setup  ## run the main job end to end on this machine
-	@echo "make demo: the local end-to-end DiffusionTrainingJob is not built yet."
-	@echo "Today: 'make testenv-up' starts a real control plane with fake A100 nodes."
+demo: setup testenv-build  ## train the tiny job end to end on this machine (docs/local.md)
+	@tools/localnode/demo.sh
+
+demo-down:  ## stop what an interrupted demo left running (by recorded PIDs)
+	@tools/localnode/demo.sh down
 
 clean:  ## remove the virtual environment and caches in the checkout
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
