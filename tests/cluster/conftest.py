@@ -14,6 +14,8 @@ from testenv.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "diffusion.dev", "v1alpha1", "diffusiontrainingjobs"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

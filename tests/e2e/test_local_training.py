@@ -85,6 +85,11 @@ def test_tiny_job_trains_recovers_from_sigterm_and_kill_and_succeeds(
     wait_until(
         lambda: 10 in committed_steps(shared_volume, namespace), 300, "checkpoint step 10", 1
     )
+    # The operator reads rank 0's /progress over the pod network while the gang runs.
+    progress = wait_until(
+        lambda: (dtjs.status(job).get("progress") or {}).get("step"), 60, "status.progress", 1
+    )
+    assert progress >= 10
     rank1 = pod_of_rank(dtjs, job, 1, rank=1)
     os.kill(wait_worker(rank1.metadata.name)["torchrun"][0], signal.SIGTERM)
     wait_until(

@@ -1,0 +1,116 @@
+"""Progress from a real trainer process reaches status.progress and `kubectl get dtj`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testenv.waiting import wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+TRAINER_HOST = "127.0.0.1"  # the kwok pod-ip stage points rank 0 here
+METRICS_PORT = 9400
+
+
+@pytest.fixture(scope="module")
+def tiny_latents(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diffusion_trainer.data_synth import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_samples=64, seed=1).latents
+
+
+def read_progress() -> dict | None:
+    url = f"http://{TRAINER_HOST}:{METRICS_PORT}/progress"
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def running_trainer(tiny_latents: Path, tmp_path: Path):
+    """A real single-process trainer run that keeps training while the test looks at it."""
+    config = {
+        "model": {"unet": "tiny"},
+        "data": {"train": {"local": str(tiny_latents), "resolution": 64, "numWorkers": 0}},
+        "training": {
+            "globalBatchSize": 4,
+            "microBatchSize": 4,
+            "maxSteps": 100_000,
+            "warmupSteps": 1,
+            "precision": "fp32",
+            "logIntervalSteps": 1,
+        },
+        "checkpoint": {"uri": str(tmp_path / "ckpt"), "intervalSteps": 2, "keepLast": 1},
+        "metrics": {"port": METRICS_PORT},
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DTJ_TERMINATION_LOG": str(tmp_path / "term")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "diffusion_trainer", "--config", str(config_path)],
+        env=env,
+        stdout=(tmp_path / "trainer.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(
+            lambda: (read_progress() or {}).get("step"), 180, "the trainer's first logged step"
+        )
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_progress_fills_status_and_goes_stale_when_the_trainer_stops(
+    dtjs, make_gpu_pool, operator, job_spec, running_trainer, control_plane
+):
+    pool = make_gpu_pool(num_nodes=1)
+    spec = job_spec(pool, nodes=1, podAnnotations={"testenv.diffusion.dev/pod-ip": TRAINER_HOST})
+    dtjs.create("watched", spec)
+    dtjs.running_pods("watched", attempt=1, count=1)
+
+    def fresh_progress():
+        progress = dtjs.status("watched").get("progress") or {}
+        return progress if progress.get("step") and not progress.get("stale") else None
+
+    progress = wait_until(fresh_progress, 60, "status.progress from rank 0")
+    assert progress["totalSteps"] == 100_000
+    assert progress["imagesPerSecond"] > 0
+    assert progress["loss"] is not None
+    assert progress["eta"]
+    first_step = progress["step"]
+    wait_until(
+        lambda: (dtjs.status("watched").get("progress") or {}).get("step", 0) > first_step,
+        60,
+        "the step to advance in status",
+    )
+    checkpoint = wait_until(
+        lambda: dtjs.status("watched").get("checkpoint"), 60, "status.checkpoint from rank 0"
+    )
+    assert checkpoint["step"] >= 2
+    assert Path(checkpoint["latestUri"]).is_dir()
+
+    row = control_plane.kubectl("get", "dtj", "watched", "-n", dtjs.namespace, "--no-headers")
+    columns = row.split()
+    assert columns[1] == "Running"
+    assert int(columns[3]) >= first_step  # STEP
+    assert float(columns[4]) > 0  # IMG/S
+
+    running_trainer.kill()
+    running_trainer.wait(timeout=30)
+    wait_until(
+        lambda: (dtjs.status("watched").get("progress") or {}).get("stale"),
+        60,
+        "progress to be marked stale",
+    )
+    status = dtjs.status("watched")
+    assert status["phase"] == "Running"  # an unreachable endpoint does not harm the job
+    assert status["progress"]["step"] >= first_step

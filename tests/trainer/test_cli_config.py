@@ -1,0 +1,184 @@
+"""Bad configs fail fast: exit code 2, a message naming the field, no torch, no process group."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from trainer_harness import REPO_ROOT, child_env, find_free_port
+
+CONFIG_ERROR = 2
+
+
+def run_cli(
+    config: dict[str, Any] | str, tmp_path: Path, **env: str
+) -> subprocess.CompletedProcess:
+    path = tmp_path / "config.yaml"
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    command = [sys.executable, "-m", "diffusion_trainer", "--config", str(path)]
+    return subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=child_env(**env),
+        timeout=60,
+    )
+
+
+def tiny_config(data_dir: Path, **training: Any) -> dict[str, Any]:
+    return {
+        "model": {"unet": "tiny"},
+        "data": {"train": {"local": str(data_dir), "resolution": 64}},
+        "training": {"globalBatchSize": 8, "microBatchSize": 4, **training},
+    }
+
+
+@pytest.fixture
+def mds_dir(tmp_path: Path) -> Path:
+    """Just enough of an MDS dataset for the preflight check (an index.json)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "index.json").write_text('{"version": 2, "shards": []}')
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"training": {"microBatchSiz": 4}}, "training.microBatchSiz"),
+        ({"training": {"lr": -1}}, "training.lr"),
+        ({"model": {"predictionType": "sample"}}, "model.predictionType"),
+        ({"training": {"globalBatchSize": 4, "microBatchSize": 8}}, "microBatchSize"),
+        ({"model": {"unet": "sd3"}}, "model.unet"),
+        ({"data": {"train": {"local": "/nonexistent/dtj"}}}, "data.train.local"),
+        (
+            {
+                "data": {
+                    "train": {
+                        "local": "/nonexistent",
+                        "remote": "s3://b/d",
+                        "precomputedLatents": False,
+                    }
+                }
+            },
+            "model.vae",
+        ),
+        ({"training": {"globalBatchSize": 10, "microBatchSize": 4}}, "globalBatchSize"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_field(
+    tmp_path: Path, config: dict[str, Any], field: str
+) -> None:
+    result = run_cli(config, tmp_path)
+    assert result.returncode == CONFIG_ERROR, result.stderr
+    assert "config error" in result.stderr
+    assert field in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    result = run_cli("training: [unclosed", tmp_path)
+    assert result.returncode == CONFIG_ERROR
+    assert "not valid YAML" in result.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "diffusion_trainer", "--config", str(tmp_path / "none.yaml")],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=child_env(),
+        timeout=60,
+    )
+    assert missing.returncode == CONFIG_ERROR
+    assert "cannot read trainer config" in missing.stderr
+
+
+def test_checkpoint_uri_without_backend(tmp_path: Path, mds_dir: Path) -> None:
+    config = dict(tiny_config(mds_dir), checkpoint={"uri": "s3://bucket/ckpt"})
+    result = run_cli(config, tmp_path)
+    assert result.returncode == CONFIG_ERROR
+    assert "checkpoint.uri" in result.stderr and "s3" in result.stderr
+
+
+def test_operator_env_overrides_run_info(tmp_path: Path, mds_dir: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(mds_dir)))
+    env = child_env(DTJ_JOB_NAME="sd2", DTJ_NAMESPACE="ml", DTJ_ATTEMPT="3")
+    result = subprocess.run(
+        [sys.executable, "-m", "diffusion_trainer", "--config", str(path), "--check"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    run = yaml.safe_load(result.stdout)["run"]
+    assert run == {"jobName": "sd2", "namespace": "ml", "attempt": 3}
+    bad = run_cli(tiny_config(mds_dir), tmp_path, DTJ_ATTEMPT="zero")
+    assert bad.returncode == CONFIG_ERROR
+    assert "DTJ_ATTEMPT" in bad.stderr
+
+
+def test_config_errors_need_no_torch(tmp_path: Path) -> None:
+    """The check runs before torch is even imported, so no process group can exist yet."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"training": {"bogus": 1}}))
+    probe = (
+        "import sys\nfrom diffusion_trainer.cli import main\n"
+        f"code = main(['--config', {str(path)!r}])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
+    assert result.returncode == CONFIG_ERROR, result.stderr
+    assert "training.bogus" in result.stderr
+
+
+@pytest.mark.slow
+def test_indivisible_batch_under_torchrun_fails_before_process_group(
+    tmp_path: Path, mds_dir: Path
+) -> None:
+    """8 images per step cannot be split into micro-batches of 4 over 3 processes."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(mds_dir)))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "3",
+        "--master-port",
+        str(find_free_port()),
+        "-m",
+        "diffusion_trainer",
+        "--config",
+        str(path),
+    ]
+    result = subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=child_env(),
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    # Each rank checks on its own (torchrun may stop the others once the first one exits).
+    assert "training.globalBatchSize=8 is not divisible" in output
+    assert "microBatchSize x world size = 4 x 3" in output
+    assert "init_process_group" not in output

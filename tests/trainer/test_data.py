@@ -1,0 +1,178 @@
+"""Datasets: the synthetic writer, latent scaling, exact loader resume, the data tools."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streaming.base.local import LocalDataset
+
+from diffusion_trainer.cli import run_data_command
+from diffusion_trainer.config import DatasetConfig, TrainerConfig
+from diffusion_trainer.data import TrainLoader, build_streaming_dataset
+from diffusion_trainer.data_precompute import load_encoders, merge_partitions, precompute_partition
+from diffusion_trainer.data_synth import COLOURS, SHAPES
+from diffusion_trainer.encoders import load_tokenizer, load_vae, vae_scaling_factor
+from diffusion_trainer.step import prepare_precomputed
+
+
+def test_synthetic_dataset_is_balanced_captioned_shapes(synth_dataset: Any) -> None:
+    raw = LocalDataset(str(synth_dataset.raw))
+    captions = Counter(raw[i]["caption"] for i in range(len(raw)))
+    assert len(raw) == 192
+    assert set(captions) == {f"a {c} {s}" for c in COLOURS for s in SHAPES}
+    assert len(set(captions.values())) == 1  # every combination equally often
+    image = Image.open(io.BytesIO(raw[0]["image"]))
+    assert image.size == (64, 64)
+    red_pixels = np.asarray(image.convert("RGB"))[..., 0] > 200  # sample 0: a red circle
+    assert 0.1 < red_pixels.mean() < 0.6
+    tokenizer = load_tokenizer(str(synth_dataset.encoders))
+    for word in ("red", "yellow", "triangle"):
+        assert tokenizer.tokenize(f"a {word}") == ["a</w>", f"{word}</w>"]
+
+
+def test_latents_are_stored_raw_and_scaled_exactly_once(synth_dataset: Any) -> None:
+    vae = load_vae(str(synth_dataset.encoders), torch.device("cpu"), torch.float32)
+    scale = vae_scaling_factor(vae)
+    latents = LocalDataset(str(synth_dataset.latents))
+    sample = latents[0]
+    assert sample["latents"].dtype == np.float16 and sample["latents"].shape == (4, 8, 8)
+    assert sample["text_hidden"].dtype == np.float16 and sample["text_hidden"].shape == (77, 64)
+    assert sample["latent_scale"] == pytest.approx(scale)
+    raw = np.stack([latents[i]["latents"] for i in range(64)]).astype(np.float32)
+    assert raw.std() == pytest.approx(1 / scale, rel=0.25)  # stored unscaled
+    # The trainer multiplies once: unit-variance inputs (twice would give std ~= scale).
+    loader = TrainLoader(
+        build_streaming_dataset(
+            DatasetConfig(local=str(synth_dataset.latents), shuffle=False),
+            micro_batch_size=64,
+            seed=0,
+            tokenizer=None,
+        ),
+        micro_batch_size=64,
+        num_workers=0,
+        pin_memory=False,
+    )
+    config = TrainerConfig.model_validate({"data": {"train": {"captionDropProb": 0.0}}})
+    inputs = prepare_precomputed(loader.next_batch(), config, torch.device("cpu"))
+    assert inputs.latents.std().item() == pytest.approx(1.0, rel=0.25)
+    assert torch.allclose(inputs.latents[0], torch.from_numpy(raw[0]) * scale, atol=1e-3)
+
+
+def make_loader(path: Path, micro_batch_size: int = 4) -> TrainLoader:
+    dataset = build_streaming_dataset(
+        DatasetConfig(local=str(path)), micro_batch_size=micro_batch_size, seed=5, tokenizer=None
+    )
+    return TrainLoader(dataset, micro_batch_size, num_workers=0, pin_memory=False)
+
+
+@pytest.mark.parametrize("num_before", [5, 50])  # mid-epoch 0; mid-epoch 1 (48 per epoch)
+def test_loader_resumes_mid_epoch_exactly(synth_dataset: Any, num_before: int) -> None:
+    loader = make_loader(synth_dataset.latents)
+    seen = [loader.next_batch().sample_ids for _ in range(num_before)]
+    state = loader.state_dict()
+    expected = [loader.next_batch() for _ in range(4)]
+    del loader
+    resumed = make_loader(synth_dataset.latents)
+    resumed.load_state_dict(json.loads(json.dumps(state)))  # as stored in a checkpoint
+    actual = [resumed.next_batch() for _ in range(4)]
+    assert [b.sample_ids for b in actual] == [b.sample_ids for b in expected]
+    assert [b.epoch for b in actual] == [b.epoch for b in expected] == [num_before // 48] * 4
+    first_epoch = [i for ids in seen[:48] for i in ids]
+    if num_before >= 48:
+        assert sorted(first_epoch) == list(range(192))  # an epoch is a permutation
+
+
+def test_convert_image_folder(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    Image.new("RGB", (80, 60), (255, 0, 0)).save(images / "red.png")
+    (images / "red.txt").write_text("a red rectangle\n")
+    Image.new("RGB", (60, 80), (0, 0, 255)).save(images / "sub" / "blue.jpg")
+    (images / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "sub/blue.jpg", "text": "blue"})
+    )
+    out = tmp_path / "mds"
+    assert run_data_command(["convert", "--images", str(images), "--out", str(out)]) == 0
+    converted = LocalDataset(str(out))
+    assert sorted(converted[i]["caption"] for i in range(2)) == ["a red rectangle", "blue"]
+    assert (images / "red.png").read_bytes() in {converted[i]["image"] for i in range(2)}
+    (images / "orphan.png").write_bytes((images / "red.png").read_bytes())
+    assert run_data_command(["convert", "--images", str(images), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_convert_parquet_needs_pyarrow_or_converts(tmp_path: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        code = run_data_command(
+            ["convert", "--parquet", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "mds")]
+        )
+        assert code == 2  # with a message naming pyarrow
+        return
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    table = pa.table({"image": [{"bytes": buffer.getvalue()}], "caption": ["black"]})
+    pq.write_table(table, tmp_path / "a.parquet")
+    assert (
+        run_data_command(
+            ["convert", "--parquet", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "mds")]
+        )
+        == 0
+    )
+    assert LocalDataset(str(tmp_path / "mds"))[0]["caption"] == "black"
+
+
+def test_precompute_partitions_merge_to_the_single_pass(synth_dataset: Any, tmp_path: Path) -> None:
+    """What torchrun ranks write (slices + merged index) equals one process's output."""
+    source = str(synth_dataset.encoders)
+    encoders = load_encoders(source, source, torch.device("cpu"))
+    out = str(tmp_path / "merged")
+    raw = str(synth_dataset.raw)
+    options = {"world_size": 2, "resolution": 64, "batch_size": 40}
+    counts = [precompute_partition(raw, out, encoders, rank=rank, **options) for rank in (0, 1)]
+    merge_partitions(out)
+    assert counts == [96, 96]
+    merged, single = LocalDataset(out), LocalDataset(str(synth_dataset.latents))
+    assert len(merged) == len(single) == 192
+    for index in (0, 95, 96, 191):
+        assert merged[index]["caption"] == single[index]["caption"]
+        assert np.allclose(merged[index]["latents"], single[index]["latents"], atol=2e-3)
+        assert np.allclose(merged[index]["text_hidden"], single[index]["text_hidden"], atol=2e-3)
+
+
+def test_data_command_synth_and_precompute(tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    args = ["synth", "--out", str(out), "--num-samples", "12", "--no-latents", "--seed", "1"]
+    assert run_data_command(args) == 0
+    assert len(LocalDataset(str(out / "raw"))) == 12
+    assert not (out / "latents").exists()
+    encoders = str(out / "encoders")
+    assert (
+        run_data_command(
+            [
+                "precompute",
+                "--input",
+                str(out / "raw"),
+                "--out",
+                str(tmp_path / "latents"),
+                "--vae",
+                encoders,
+                "--text-encoder",
+                encoders,
+                "--resolution",
+                "64",
+            ]
+        )
+        == 0
+    )
+    latents = LocalDataset(str(tmp_path / "latents"))
+    assert len(latents) == 12 and latents[0]["latents"].shape == (4, 8, 8)

@@ -1,0 +1,124 @@
+"""Build everything one training run needs, from the config, on one rank."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from diffusion_trainer.config import TrainerConfig
+from diffusion_trainer.data import TrainLoader, build_streaming_dataset
+from diffusion_trainer.distributed import Runtime
+from diffusion_trainer.ema import ShardedEma
+from diffusion_trainer.encoders import (
+    TextEncoder,
+    load_text_encoder,
+    load_tokenizer,
+    load_vae,
+    vae_downsample_factor,
+    vae_scaling_factor,
+)
+from diffusion_trainer.model import (
+    DiffusersModel,
+    build_unet,
+    load_pretrained_unet,
+    load_unet_config,
+)
+from diffusion_trainer.objective import DiffusionObjective
+from diffusion_trainer.optim import build_lr_scheduler, build_optimizer
+from diffusion_trainer.parallelize import PARAM_DTYPES, parallelize_unet
+
+log = logging.getLogger("diffusion_trainer")
+
+
+@dataclass
+class OnlineEncoders:
+    """Frozen VAE + text encoder for raw image data."""
+
+    vae: Any
+    text: TextEncoder
+    latent_scale: float
+    downsample_factor: int
+    empty_ids: torch.Tensor  # token ids of "" (the dropped caption)
+
+
+@dataclass
+class Components:
+    unet: DiffusersModel  # FSDP-wrapped UNet2DConditionModel
+    unet_config: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: LambdaLR
+    ema: ShardedEma | None
+    objective: DiffusionObjective
+    loader: TrainLoader
+    encoders: OnlineEncoders | None
+
+
+def build_model(config: TrainerConfig, runtime: Runtime) -> DiffusersModel:
+    # Same seed on every rank: identical initial weights before sharding.
+    torch.manual_seed(config.training.seed)
+    if config.model.pretrained:
+        log.info("loading U-Net weights from %s", config.model.pretrained)
+        unet = load_pretrained_unet(config.model.pretrained)
+    else:
+        resolution = config.data.train.resolution
+        unet = build_unet(load_unet_config(config.model.unet, resolution))
+    unet.train()
+    return parallelize_unet(unet, config.training, runtime.mesh)
+
+
+def build_online_encoders(config: TrainerConfig, runtime: Runtime) -> OnlineEncoders | None:
+    if config.data.train.precomputed_latents:
+        return None
+    vae_source = config.model.vae or config.model.pretrained
+    text_source = config.model.text_encoder or config.model.pretrained
+    assert vae_source is not None and text_source is not None  # preflight checked
+    on_gpu = runtime.device.type == "cuda"
+    dtype = PARAM_DTYPES[config.training.precision] if on_gpu else torch.float32
+    vae = load_vae(vae_source, runtime.device, dtype)
+    text = load_text_encoder(text_source, runtime.device, dtype)
+    return OnlineEncoders(
+        vae=vae,
+        text=text,
+        latent_scale=vae_scaling_factor(vae),
+        downsample_factor=vae_downsample_factor(vae),
+        empty_ids=text.tokenize([""]),
+    )
+
+
+def build_loader(config: TrainerConfig, runtime: Runtime) -> TrainLoader:
+    train = config.data.train
+    tokenizer = None
+    if not train.precomputed_latents:
+        source = config.model.text_encoder or config.model.pretrained
+        assert source is not None
+        tokenizer = load_tokenizer(source)
+    dataset = build_streaming_dataset(
+        train, config.training.micro_batch_size, config.training.seed, tokenizer
+    )
+    return TrainLoader(
+        dataset,
+        config.training.micro_batch_size,
+        train.num_workers,
+        pin_memory=runtime.device.type == "cuda",
+    )
+
+
+def build_components(config: TrainerConfig, runtime: Runtime) -> Components:
+    unet = build_model(config, runtime)
+    optimizer = build_optimizer(unet, config.training)
+    ema_config = config.model.ema
+    ema = ShardedEma(unet, ema_config.decay, ema_config.start_step) if ema_config else None
+    return Components(
+        unet=unet,
+        unet_config=dict(unet.config),
+        optimizer=optimizer,
+        lr_scheduler=build_lr_scheduler(optimizer, config.training),
+        ema=ema,
+        objective=DiffusionObjective(config.model, runtime.device),
+        loader=build_loader(config, runtime),
+        encoders=build_online_encoders(config, runtime),
+    )

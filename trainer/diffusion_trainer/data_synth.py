@@ -1,0 +1,117 @@
+"""A synthetic captioned dataset of coloured shapes ("a red circle") that a tiny model can learn.
+
+`write_synthetic_dataset(out)` writes, under `out`:
+- `raw/`      MDS: PNG image bytes + caption;
+- `encoders/` a tiny VAE, CLIP text encoder and tokenizer made from configs (fixed seed);
+- `latents/`  MDS: the same samples precomputed with those encoders.
+The same encoders later decode samples of a model trained on `latents/`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from streaming import MDSWriter
+from streaming.base.local import LocalDataset
+
+from diffusion_trainer.data import RAW_COLUMNS, load_image_pixels
+from diffusion_trainer.data_precompute import iterate_batches, load_encoders, write_latent_records
+from diffusion_trainer.tiny_encoders import write_tiny_encoders
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 40),
+}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUND = (24, 24, 24)
+CAPTION_WORDS = ("a", *COLOURS, *SHAPES)
+
+
+@dataclass
+class SynthPaths:
+    raw: Path
+    encoders: Path
+    latents: Path | None
+
+
+def draw_shape(shape: str, colour: str, resolution: int, rng: np.random.Generator) -> Image.Image:
+    image = Image.new("RGB", (resolution, resolution), BACKGROUND)
+    size = resolution * rng.uniform(0.45, 0.7)
+    cx, cy = (resolution / 2 + rng.uniform(-0.12, 0.12, 2) * resolution).tolist()
+    half = size / 2
+    box = (cx - half, cy - half, cx + half, cy + half)
+    draw = ImageDraw.Draw(image)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+    return image
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_raw_shapes(out: Path, num_samples: int, resolution: int, seed: int) -> list[str]:
+    """Balanced colour x shape combinations with jittered size/position; returns the captions."""
+    rng = np.random.default_rng(seed)
+    combos = list(itertools.product(COLOURS, SHAPES))
+    captions = []
+    with MDSWriter(out=str(out), columns=RAW_COLUMNS, size_limit=1 << 22) as writer:
+        for index in range(num_samples):
+            colour, shape = combos[index % len(combos)]
+            caption = f"a {colour} {shape}"
+            image = draw_shape(shape, colour, resolution, rng)
+            writer.write({"image": encode_png(image), "caption": caption})
+            captions.append(caption)
+    return captions
+
+
+def load_calibration_pixels(raw: Path, resolution: int, num_samples: int) -> torch.Tensor:
+    dataset = LocalDataset(str(raw))
+    count = min(num_samples, len(dataset))
+    return torch.stack([load_image_pixels(dataset[i]["image"], resolution) for i in range(count)])
+
+
+def write_synthetic_dataset(
+    out: Path,
+    *,
+    num_samples: int = 256,
+    resolution: int = 64,
+    seed: int = 0,
+    with_latents: bool = True,
+    vae_downsample_factor: int = 8,
+    vae_train_steps: int = 0,
+) -> SynthPaths:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = SynthPaths(raw=out / "raw", encoders=out / "encoders", latents=None)
+    write_raw_shapes(paths.raw, num_samples, resolution, seed)
+    calibration = load_calibration_pixels(paths.raw, resolution, 256)
+    write_tiny_encoders(
+        paths.encoders,
+        CAPTION_WORDS,
+        seed,
+        calibration,
+        vae_downsample_factor=vae_downsample_factor,
+        vae_train_steps=vae_train_steps,
+    )
+    if with_latents:
+        paths.latents = out / "latents"
+        encoders = load_encoders(str(paths.encoders), str(paths.encoders), torch.device("cpu"))
+        dataset = LocalDataset(str(paths.raw))
+        batches = iterate_batches(dataset, range(len(dataset)), resolution, batch_size=64)
+        write_latent_records(encoders, batches, str(paths.latents))
+    return paths

@@ -1,0 +1,91 @@
+"""Checks that need no torch and no process group: run them first, fail fast with exit code 2.
+
+A bad config must never get as far as NCCL/gloo initialisation, where it would surface as a
+hang or an opaque collective error on some other rank.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from diffusion_trainer.config import ConfigError, TrainerConfig, check_batch_divisible
+
+SHIPPED_UNETS = ("sd2-base", "tiny")
+
+
+def apply_env_overrides(config: TrainerConfig) -> TrainerConfig:
+    """DTJ_JOB_NAME, DTJ_NAMESPACE and DTJ_ATTEMPT (set by the operator) override `run`."""
+    run = config.run.model_copy()
+    if name := os.environ.get("DTJ_JOB_NAME"):
+        run.job_name = name
+    if namespace := os.environ.get("DTJ_NAMESPACE"):
+        run.namespace = namespace
+    if attempt := os.environ.get("DTJ_ATTEMPT"):
+        if not attempt.isdigit() or int(attempt) < 1:
+            raise ConfigError(f"DTJ_ATTEMPT={attempt!r} must be a positive integer")
+        run.attempt = int(attempt)
+    return config.model_copy(update={"run": run})
+
+
+def env_world_size() -> int:
+    value = os.environ.get("WORLD_SIZE", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"WORLD_SIZE={value!r} must be a positive integer")
+    return int(value)
+
+
+def check_model(config: TrainerConfig) -> None:
+    model = config.model
+    if model.pretrained is None and model.unet not in SHIPPED_UNETS:
+        raise ConfigError(
+            f"model.unet={model.unet!r} is not a shipped U-Net; use one of "
+            f"{', '.join(SHIPPED_UNETS)} or set model.pretrained"
+        )
+    if config.data.train.precomputed_latents:
+        return
+    for field, value in (("model.vae", model.vae), ("model.textEncoder", model.text_encoder)):
+        if value is None and model.pretrained is None:
+            raise ConfigError(
+                f"{field} is required when data.train.precomputedLatents is false "
+                "(raw images are encoded on the fly); set it or model.pretrained"
+            )
+
+
+def check_local_dataset(config: TrainerConfig) -> None:
+    train = config.data.train
+    if train.remote is not None:
+        return
+    index = Path(train.local) / "index.json"
+    if not index.is_file():
+        raise ConfigError(
+            f"data.train.local={train.local!r} holds no MDS dataset (no index.json) and "
+            "data.train.remote is not set"
+        )
+
+
+def check_checkpoint_backend(config: TrainerConfig) -> None:
+    uri = config.checkpoint.uri
+    if "://" not in uri:
+        return
+    import fsspec
+
+    scheme = uri.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as error:
+        raise ConfigError(
+            f"checkpoint.uri={uri!r}: no usable fsspec backend for {scheme}:// ({error})"
+        ) from error
+
+
+def preflight(config: TrainerConfig) -> int:
+    """Validate what depends on the environment; returns gradient accumulation steps."""
+    check_model(config)
+    try:
+        num_accum = check_batch_divisible(config.training, env_world_size())
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    check_local_dataset(config)
+    check_checkpoint_backend(config)
+    return num_accum
