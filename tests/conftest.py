@@ -90,3 +90,23 @@ def make_gpu_pool(core_api) -> Iterator[Callable]:
     yield make
     for name in created:
         delete_gpu_pool(core_api, name)
+
+
+@pytest.fixture(scope="session")
+def tool_bin_dir() -> Path:
+    """Where kubectl, helm and promtool live (built from Go modules once, then cached)."""
+    from testenv.controlplane import build_binaries
+
+    return build_binaries()
+
+
+@pytest.fixture(scope="session")
+def helm(tool_bin_dir: Path) -> Path:
+    return tool_bin_dir / "helm"
+
+
+@pytest.fixture(scope="session")
+def promtool(tool_bin_dir: Path) -> Path:
+    path = tool_bin_dir / "promtool"
+    assert path.is_file(), f"{path} is missing: tools/testenv/build.sh builds it"
+    return path

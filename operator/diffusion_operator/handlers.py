@@ -23,7 +23,7 @@ from diffusion_operator.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("diffusion_operator")
 _kube: Kube | None = None
-_settings: OperatorSettings = load_settings()
+_settings = OperatorSettings()  # replaced by the environment's at startup
 _stop_resync = threading.Event()
 
 

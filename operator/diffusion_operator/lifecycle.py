@@ -143,14 +143,20 @@ class _Planner:
         else:
             self.requeue(remaining_s)
 
-    def check_active_deadline(self) -> bool:
-        deadline_s = self.spec.run_policy.active_deadline_seconds
-        started = parse_time(self.status.get("startTime"))
+    def deadline_passed(self, started_field: str, deadline_s: int | None) -> bool:
+        """True once deadline_s have passed since status[started_field]; else come back then."""
+        started = parse_time(self.status.get(started_field))
         if deadline_s is None or started is None:
             return False
-        elapsed_s = (self.now - started).total_seconds()
-        if elapsed_s < deadline_s:
-            self.requeue(deadline_s - elapsed_s)
+        remaining_s = deadline_s - (self.now - started).total_seconds()
+        if remaining_s > 0:
+            self.requeue(remaining_s)
+            return False
+        return True
+
+    def check_active_deadline(self) -> bool:
+        deadline_s = self.spec.run_policy.active_deadline_seconds
+        if not self.deadline_passed("startTime", deadline_s):
             return False
         self.fail("DeadlineExceeded", f"job ran longer than activeDeadlineSeconds={deadline_s}")
         return True
@@ -306,12 +312,7 @@ class _Planner:
 
     def check_start_deadline(self, why: str) -> bool:
         deadline_s = self.spec.run_policy.start_deadline_seconds
-        started = parse_time(self.status.get("attemptStartTime"))
-        if deadline_s is None or started is None:
-            return False
-        elapsed_s = (self.now - started).total_seconds()
-        if elapsed_s < deadline_s:
-            self.requeue(deadline_s - elapsed_s)
+        if not self.deadline_passed("attemptStartTime", deadline_s):
             return False
         self.fail(
             "StartDeadlineExceeded",

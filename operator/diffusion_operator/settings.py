@@ -23,9 +23,6 @@ class OperatorSettings(BaseModel):
     liveness_port: Annotated[int, Field(ge=1, le=65535)] = 8080
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     default_checkpoint_root: str = "/checkpoints"
-    pod_terminating_timeout_s: Annotated[
-        float, Field(ge=0, description="Force-delete worker pods stuck Terminating this long.")
-    ] = 600.0
     progress_address: Annotated[
         Literal["pod-ip", "service-dns"],
         Field(description="How to reach rank 0's progress endpoint."),

@@ -136,7 +136,12 @@ class FailurePolicy(Section):
     ] = 10
     max_backoff_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
     hang_timeout_seconds: Annotated[
-        int | None, Field(ge=60, description="Fail an attempt whose step stops advancing.")
+        int | None,
+        Field(
+            ge=60,
+            description="Reserved for the step watchdog (not enforced yet): fail an attempt "
+            "whose step stops advancing this long.",
+        ),
     ] = None
 
 

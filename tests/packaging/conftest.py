@@ -18,19 +18,6 @@ UNSCHEDULABLE = {"nodeSelector.testenv\\.diffusion\\.dev/pool": "no-such-pool"}
 
 
 @pytest.fixture(scope="session")
-def tool_bin_dir() -> Path:
-    """Where helm, kubectl and promtool live (built from Go modules once, then cached)."""
-    from testenv.controlplane import build_binaries
-
-    return build_binaries()
-
-
-@pytest.fixture(scope="session")
-def helm(tool_bin_dir) -> Path:
-    return tool_bin_dir / "helm"
-
-
-@pytest.fixture(scope="session")
 def render(helm) -> Callable[..., list[dict[str, Any]]]:
     """render(values, *helm_args, chart=CHART_DIR) -> the rendered objects (release "rel" in
     namespace "ops")."""

@@ -143,7 +143,12 @@ class TrainerTelemetry:
         gauge.labels(**self.labels, **extra).set(value)
 
     def on_step(self, report: StepReport) -> None:
-        """A StepSink: one call per log interval on global rank 0."""
+        """A StepSink: one call per log interval on global rank 0. Atomic for scrapes, so
+        step and samples always agree."""
+        with self.lock:
+            self._record_step(report)
+
+    def _record_step(self, report: StepReport) -> None:
         m = self.metrics
         num_new_steps = max(report.step - self.counted_step, 0)
         self.counted_step = report.step
@@ -167,14 +172,13 @@ class TrainerTelemetry:
         wall_s = max(time.monotonic() - self.started_s, 1e-9)
         self._set(m.goodput, min(self.productive_s / wall_s, 1.0))
         self._record_gpu_memory()
-        with self.lock:
-            self.state.update(
-                step=report.step,
-                imagesPerSecond=report.images_per_s,
-                loss=report.loss if report.loss == report.loss else None,
-                etaSeconds=_eta_s(report),
-                updatedAt=utc_now(),
-            )
+        self.state.update(
+            step=report.step,
+            imagesPerSecond=report.images_per_s,
+            loss=report.loss if report.loss == report.loss else None,
+            etaSeconds=_eta_s(report),
+            updatedAt=utc_now(),
+        )
 
     def on_checkpoint_saved(self, step: int, uri: str, duration_s: float) -> None:
         m = self.metrics
@@ -230,7 +234,8 @@ def _handler_for(telemetry: TrainerTelemetry) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.startswith("/metrics"):
-                body = generate_latest(telemetry.metrics.registry)
+                with telemetry.lock:
+                    body = generate_latest(telemetry.metrics.registry)
                 self._reply(200, CONTENT_TYPE_LATEST, body)
             elif self.path.startswith("/progress"):
                 body = json.dumps(telemetry.progress()).encode()
