@@ -24,7 +24,7 @@ from diffusion_operator.settings import OperatorSettings, load_settings
 log = logging.getLogger("diffusion_operator")
 _kube: Kube | None = None
 _settings = OperatorSettings()  # replaced by the environment's at startup
-_stop_resync = threading.Event()
+_resync: tuple[threading.Thread, threading.Event] | None = None
 
 
 def kube() -> Kube:
@@ -52,13 +52,30 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 16
     kube()
     metrics.serve(_settings.metrics_port)
-    _stop_resync.clear()
-    threading.Thread(target=resync_forever, name="dtj-resync", daemon=True).start()
+    start_resync()
+
+
+def start_resync() -> None:
+    global _resync  # noqa: PLW0603 - one resync loop per running operator
+    stop_resync()
+    stop = threading.Event()
+    thread = threading.Thread(target=resync_forever, args=(stop,), name="dtj-resync", daemon=True)
+    thread.start()
+    _resync = (thread, stop)
+
+
+def stop_resync() -> None:
+    global _resync  # noqa: PLW0603
+    if _resync is not None:
+        thread, stop = _resync
+        stop.set()
+        thread.join(timeout=30)
+        _resync = None
 
 
 @kopf.on.cleanup()
 def stop(**_: Any) -> None:
-    _stop_resync.set()
+    stop_resync()
 
 
 @kopf.on.probe(id="api")
@@ -99,9 +116,9 @@ def on_child(namespace: str | None, labels: Mapping[str, str], logger: Any, **_:
         reconcile_safely(namespace, job_name, logger)
 
 
-def resync_forever() -> None:
+def resync_forever(stop: threading.Event) -> None:
     """Level-based safety net: re-derive every job's state even if no event arrives."""
-    while not _stop_resync.wait(_settings.reconcile_interval_s):
+    while not stop.wait(_settings.reconcile_interval_s):
         try:
             bodies = kube().list_training_jobs(_settings.namespaces)
         except Exception as error:  # keep the loop alive through API outages
@@ -109,5 +126,7 @@ def resync_forever() -> None:
             continue
         metrics.record_job_phases([(b.get("status") or {}).get("phase") for b in bodies])
         for body in bodies:
+            if stop.is_set():
+                return
             meta = body["metadata"]
             reconcile_safely(meta["namespace"], meta["name"], log)

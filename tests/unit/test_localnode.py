@@ -161,3 +161,13 @@ def test_logs_select_rank_and_latest_attempt(tmp_path):
     first = select_log(logs, rank=0, attempt=1)
     assert first is not None and first.path.read_text() == "attempt 1 rank 0"
     assert select_log(logs, rank=1, attempt=1) is None
+
+
+def test_a_checkout_under_a_volume_is_bound_back_on_top():
+    from localnode.pods import keep_visible
+    from localnode.volumes import Mount
+
+    mounts = [Mount(target="/tmp"), Mount(target="/etc/dtj", source="/state/config")]
+    extra = keep_visible(mounts, [Path("/tmp/ci-clone"), Path("/tmp/ci-clone/.venv")])
+    assert extra == [Mount(target="/tmp/ci-clone", source="/tmp/ci-clone", read_only=True)]
+    assert keep_visible(mounts, [Path("/work/main")]) == []

@@ -24,6 +24,7 @@ from localnode.volumes import Mount, VolumeError, materialise_volumes
 
 log = logging.getLogger("localnode")
 TOOLS_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = TOOLS_DIR.parent
 RUN_MOUNT = "/run/localnode"  # per-pod dir inside the pod: the termination message file
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MESSAGE_LIMIT = 4096
@@ -129,6 +130,7 @@ class PodRun:
         mounts = self.wait_for_volumes()
         self.message_file.parent.mkdir(parents=True, exist_ok=True)
         mounts.append(Mount(RUN_MOUNT, str(self.message_file.parent)))
+        mounts += keep_visible(mounts, [PROJECT_DIR, self.ctx.venv_bin.parent])
         launch = {
             "argv": argv,
             "env": env,
@@ -298,3 +300,14 @@ class PodRun:
             self.network = None
             self.ctx.hosts_changed()
         shutil.rmtree(self.volumes_dir, ignore_errors=True)
+
+
+def keep_visible(mounts: list[Mount], paths: list[Path]) -> list[Mount]:
+    """Pods run from the project's checkout and venv: where a volume is mounted over them
+    (a checkout under /tmp, say), bind them back on top, after the volumes."""
+    extra: list[Mount] = []
+    for path in (p.resolve() for p in paths):
+        covered = any(path.is_relative_to(m.target) for m in mounts if m.target != "/")
+        if covered and not any(path.is_relative_to(m.target) for m in extra):
+            extra.append(Mount(target=str(path), source=str(path), read_only=True))
+    return extra
