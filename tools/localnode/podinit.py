@@ -30,7 +30,10 @@ def mount_all(mounts: list[dict]) -> None:
         target = mount["target"]
         Path(target).mkdir(parents=True, exist_ok=True)
         if index in source_fds:
-            run_mount("--bind", f"/proc/{os.getpid()}/fd/{source_fds[index]}", target)
+            # --no-canonicalize: mount(8) would otherwise turn the fd link back into a path,
+            # which a volume mounted over /tmp may already hide.
+            fd_path = f"/proc/{os.getpid()}/fd/{source_fds[index]}"
+            run_mount("--no-canonicalize", "--bind", fd_path, target)
         else:
             run_mount(
                 "-t", "tmpfs", "-o", f"size={mount['tmpfs_bytes']},mode=1777", "tmpfs", target
