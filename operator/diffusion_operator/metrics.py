@@ -7,6 +7,8 @@ from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from diffusion_trainer.metrics import exposition_names
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 RECONCILE_DURATION = Histogram(
@@ -39,11 +41,6 @@ API_ERRORS = Counter(
 )
 
 POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
-_SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "gauge": ("",),
-}
 _pods_by_job: dict[str, Tally[str]] = {}
 _pods_lock = threading.Lock()
 _server_started = False
@@ -64,12 +61,9 @@ def account_gpu_time(
         )
 
 
-def metric_names(registry: CollectorRegistry = REGISTRY) -> set[str]:
-    """Every sample name this registry can expose (with _total/_bucket/... suffixes)."""
-    names: set[str] = set()
-    for family in registry.collect():
-        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
-    return names
+def metric_names() -> set[str]:
+    """Every sample name the operator can expose."""
+    return exposition_names(REGISTRY)
 
 
 def record_worker_pods(job_key: str, phases: list[str]) -> None:

@@ -109,14 +109,18 @@ class TrainerMetrics:
         return Histogram(name, doc, (*RUN_LABELS, *extra), buckets=buckets, registry=self.registry)
 
 
-def metric_names() -> set[str]:
-    """Every sample name the trainer can expose (with _total/_bucket/... suffixes)."""
-    registry = TrainerMetrics().registry
+def exposition_names(registry: CollectorRegistry) -> set[str]:
+    """Every sample name a registry can expose (with _total/_bucket/... suffixes)."""
     return {
         family.name + suffix
         for family in registry.collect()
         for suffix in _SUFFIXES.get(family.type, ("",))
     }
+
+
+def metric_names() -> set[str]:
+    """Every sample name the trainer can expose."""
+    return exposition_names(TrainerMetrics().registry)
 
 
 def utc_now() -> str:
