@@ -18,7 +18,7 @@ from kubernetes import client, config
 from diffusion_operator import constants as c
 from diffusion_operator import metrics
 from diffusion_operator.kube import Kube
-from diffusion_operator.reconcile import forget_job, reconcile
+from diffusion_operator.reconcile import forget_job, forget_vanished_jobs, reconcile
 from diffusion_operator.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("diffusion_operator")
@@ -116,6 +116,10 @@ def on_child(namespace: str | None, labels: Mapping[str, str], logger: Any, **_:
         reconcile_safely(namespace, job_name, logger)
 
 
+def job_key(body: Mapping[str, Any]) -> str:
+    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+
+
 def resync_forever(stop: threading.Event) -> None:
     """Level-based safety net: re-derive every job's state even if no event arrives."""
     while not stop.wait(_settings.reconcile_interval_s):
@@ -125,6 +129,7 @@ def resync_forever(stop: threading.Event) -> None:
             log.warning("resync: cannot list jobs: %s", error)
             continue
         metrics.record_job_phases([(b.get("status") or {}).get("phase") for b in bodies])
+        forget_vanished_jobs({job_key(body) for body in bodies})
         for body in bodies:
             if stop.is_set():
                 return

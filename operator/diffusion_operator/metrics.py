@@ -79,6 +79,12 @@ def forget_job_metrics(job_key: str) -> None:
         _publish_pods()
 
 
+def tracked_job_keys() -> set[str]:
+    """Jobs that currently hold per-job metric state."""
+    with _pods_lock:
+        return set(_pods_by_job) | set(_gpu_seen_s)
+
+
 def _publish_pods() -> None:
     totals: Tally[str] = Tally()
     for tally in _pods_by_job.values():

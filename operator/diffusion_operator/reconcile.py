@@ -42,6 +42,16 @@ def forget_job(key: str) -> None:
     metrics.forget_job_metrics(key)
 
 
+def forget_vanished_jobs(live_keys: set[str]) -> None:
+    """Drop state of jobs deleted while no DELETED event reached us (watch gaps, restarts)."""
+    with _locks_guard:
+        idle = {key for key, lock in _locks.items() if not lock.locked()}
+        for key in idle - live_keys:
+            del _locks[key]
+    for key in metrics.tracked_job_keys() - live_keys:
+        metrics.forget_job_metrics(key)
+
+
 def changed_status(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Only the status keys this pass changed: never overwrite what others wrote meanwhile."""
     return {key: value for key, value in new.items() if old.get(key) != value}

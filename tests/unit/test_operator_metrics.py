@@ -6,6 +6,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from diffusion_operator import metrics
+from diffusion_operator.reconcile import forget_vanished_jobs
 
 
 def scrape() -> dict[tuple[str, tuple], float]:
@@ -37,12 +38,31 @@ def test_gpu_seconds_accumulate_between_passes():
     metrics.forget_job_metrics("ns/acct")
 
 
+def running_pods() -> float:
+    return scrape()[("dtj_operator_worker_pods", (("phase", "Running"),))]
+
+
 def test_jobs_and_pods_by_phase():
+    # Other tests in this process may hold pod state of their own jobs: count deltas.
+    metrics.record_worker_pods("ns/a", [])
+    before = running_pods()
     metrics.record_job_phases(["Running", "Running", None, "Failed"])
     metrics.record_worker_pods("ns/a", ["Running", "Running", "Pending"])
     samples = scrape()
     assert samples[("dtj_operator_jobs", (("phase", "Running"),))] == 2
     assert samples[("dtj_operator_jobs", (("phase", "Pending"),))] == 1
-    assert samples[("dtj_operator_worker_pods", (("phase", "Running"),))] == 2
+    assert running_pods() == before + 2
     metrics.forget_job_metrics("ns/a")
-    assert scrape()[("dtj_operator_worker_pods", (("phase", "Running"),))] == 0
+    assert running_pods() == before
+
+
+def test_resync_forgets_jobs_deleted_without_an_event():
+    metrics.record_worker_pods("ns/live", ["Running"])
+    metrics.record_worker_pods("ns/gone", ["Running", "Running"])
+    before = running_pods()
+    live = {key for key in metrics.tracked_job_keys() if key != "ns/gone"}
+    forget_vanished_jobs(live)
+    assert "ns/gone" not in metrics.tracked_job_keys()
+    assert "ns/live" in metrics.tracked_job_keys()
+    assert running_pods() == before - 2
+    metrics.forget_job_metrics("ns/live")
