@@ -155,8 +155,9 @@ class _Planner:
         return True
 
     def check_active_deadline(self) -> bool:
+        """As for a batch/v1 Job: the clock stops while suspended and restarts at resume."""
         deadline_s = self.spec.run_policy.active_deadline_seconds
-        if not self.deadline_passed("startTime", deadline_s):
+        if self.old_phase == "Suspended" or not self.deadline_passed("startTime", deadline_s):
             return False
         self.fail("DeadlineExceeded", f"job ran longer than activeDeadlineSeconds={deadline_s}")
         return True
@@ -239,7 +240,7 @@ class _Planner:
             self.track_suspended(job.name)
             return
         if self.old_phase == "Suspended":
-            self.status["attemptStartTime"] = format_time(self.now)  # start deadline restarts
+            self.mark_resumed()  # unsuspended by someone else, e.g. Kueue admission
         pods = self.observed.pods_of(self.attempt)
         failed = [p for p in pods if p.phase == "Failed" and not p.deleting]
         if job.complete:
@@ -251,10 +252,15 @@ class _Planner:
         else:
             self.track_workers(pods)
 
+    def mark_resumed(self) -> None:
+        """Both deadlines restart: time spent suspended or queued is not running time."""
+        self.status["startTime"] = format_time(self.now)
+        self.status["attemptStartTime"] = format_time(self.now)
+
     def track_suspended(self, job_name: str) -> None:
         if not self.spec.run_policy.suspend and not self.spec.run_policy.queue_name:
             self.plan.set_suspend[job_name] = False
-            self.status["attemptStartTime"] = format_time(self.now)
+            self.mark_resumed()
             self.set_phase("Pending", "Resumed", "resumed; waiting for workers")
         else:
             self.set_suspended()

@@ -154,7 +154,12 @@ class RunPolicy(Section):
         Field(max_length=63, description="Kueue LocalQueue; Kueue admits by unsuspending."),
     ] = None
     active_deadline_seconds: Annotated[
-        int | None, Field(ge=1, description="Fail the job after running this long.")
+        int | None,
+        Field(
+            ge=1,
+            description="Fail the job after running this long; time suspended or queued "
+            "does not count (the clock restarts at resume, as for a batch/v1 Job).",
+        ),
     ] = None
     start_deadline_seconds: Annotated[
         int | None,

@@ -71,7 +71,9 @@ class DiffusionTrainingJobStatus(Section):
     attempt: Annotated[int, Field(description="Current attempt (one Indexed Job each).")] = 0
     restarts: Annotated[int, Field(description="Gang restarts counted against maxRestarts.")] = 0
     workers: Workers | None = None
-    start_time: str | None = None
+    start_time: Annotated[
+        str | None, Field(description="When the job last started running: first start or resume.")
+    ] = None
     attempt_start_time: str | None = None
     completion_time: str | None = None
     restart_after: Annotated[

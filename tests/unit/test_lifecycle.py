@@ -161,6 +161,29 @@ def test_suspend_suspends_the_running_attempt_and_resume_unsuspends():
     assert resumed.set_suspend == {"sd-a1": False}
     assert resumed.status["phase"] == "Pending"
     assert resumed.status["attemptStartTime"] == format_time(NOW)
+    assert resumed.status["startTime"] == format_time(NOW)
+
+
+def test_active_deadline_does_not_count_time_suspended():
+    long_ago = format_time(NOW - timedelta(hours=2))
+    suspended_job = AttemptJob(name="sd-a1", attempt=1, suspended=True)
+    status = running_status(phase="Suspended", startTime=long_ago)
+    deadline = {"activeDeadlineSeconds": 3600}
+    still_suspended = plan_reconcile(
+        state(status, runPolicy={"suspend": True, **deadline}), Observed([suspended_job], []), NOW
+    )
+    assert still_suspended.status["phase"] == "Suspended"
+    resumed = plan_reconcile(state(status, runPolicy=deadline), Observed([suspended_job], []), NOW)
+    assert resumed.status["phase"] == "Pending"
+    assert resumed.set_suspend == {"sd-a1": False}
+    admitted_job = AttemptJob(name="sd-a1", attempt=1, suspended=False)
+    admitted = plan_reconcile(
+        state(status, runPolicy={"queueName": "gpus", **deadline}),
+        Observed([admitted_job], [pod(0), pod(1)]),
+        NOW,
+    )
+    assert admitted.status["phase"] == "Running"
+    assert admitted.status["startTime"] == format_time(NOW)
 
 
 def test_queued_job_is_created_suspended_and_left_to_kueue():
