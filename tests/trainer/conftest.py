@@ -8,7 +8,7 @@ runs are session fixtures that several tests assert on.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,16 @@ import pytest
 from trainer_harness import TrainerRun, base_config, launch_trainer, merge, run_in_process
 
 NUM_SYNTH_SAMPLES = 192
+
+
+@pytest.fixture
+def world_of_one() -> Iterator[Any]:
+    """A one-process gloo group in this process (FSDP2 and DCP need one)."""
+    from diffusion_trainer.distributed import init_runtime, shutdown_runtime
+
+    runtime = init_runtime()
+    yield runtime
+    shutdown_runtime()
 
 
 @pytest.fixture(scope="session")

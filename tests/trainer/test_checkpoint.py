@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +75,6 @@ def test_prune_keeps_the_newest_committed(tmp_path: Path) -> None:
 def test_missing_fsspec_backend_is_a_clear_error() -> None:
     with pytest.raises(CheckpointStorageError, match="s3fs"):
         open_filesystem("s3://bucket/ckpt")
-
-
-@pytest.fixture
-def world_of_one() -> Iterator[Any]:
-    from diffusion_trainer.distributed import init_runtime, shutdown_runtime
-
-    runtime = init_runtime()
-    yield runtime
-    shutdown_runtime()
 
 
 def build_sharded(runtime: Any, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

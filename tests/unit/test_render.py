@@ -33,6 +33,14 @@ def test_sd2_512_preset_turns_on_ema():
     assert config.data.train.resolution == 512
 
 
+def test_a_preset_ema_can_be_turned_off():
+    spec = spec_of(preset="sd2-base-512", model={"ema": {"enabled": False}})
+    config = render_trainer_config(spec, "j", "ns", "/c")
+    assert config.model.ema is not None
+    assert config.model.ema.enabled is False
+    assert config.model.ema.decay == 0.9999  # the rest of the preset stays
+
+
 def test_without_preset_trainer_defaults_apply():
     config = render_trainer_config(
         spec_of(training={"globalBatchSize": 64, "microBatchSize": 8}), "j", "ns", "/c"

@@ -111,7 +111,11 @@ def build_components(config: TrainerConfig, runtime: Runtime) -> Components:
     unet = build_model(config, runtime)
     optimizer = build_optimizer(unet, config.training)
     ema_config = config.model.ema
-    ema = ShardedEma(unet, ema_config.decay, ema_config.start_step) if ema_config else None
+    ema = (
+        ShardedEma(unet, ema_config.decay, ema_config.start_step)
+        if ema_config and ema_config.enabled
+        else None
+    )
     return Components(
         unet=unet,
         unet_config=dict(unet.config),

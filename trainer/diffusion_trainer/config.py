@@ -31,6 +31,9 @@ PositiveInt = Annotated[int, Field(ge=1)]
 class EmaConfig(Section):
     """Exponential moving average of the U-Net weights, kept sharded like the model."""
 
+    enabled: Annotated[bool, Field(description="false turns off an EMA that a preset enables.")] = (
+        True
+    )
     decay: Annotated[float, Field(gt=0.0, lt=1.0, description="EMA decay per optimizer step.")] = (
         0.9999
     )
@@ -72,9 +75,9 @@ class ModelConfig(Section):
     min_snr_gamma: Annotated[
         float | None, Field(gt=0.0, description="Min-SNR-gamma loss weighting (null disables).")
     ] = None
-    ema: Annotated[EmaConfig | None, Field(description="EMA of the weights (null disables).")] = (
-        None
-    )
+    ema: Annotated[
+        EmaConfig | None, Field(description="EMA of the weights (null or enabled: false disables).")
+    ] = None
 
 
 class DatasetConfig(Section):
