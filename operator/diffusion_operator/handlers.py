@@ -96,16 +96,31 @@ def reconcile_safely(namespace: str, name: str, logger: logging.Logger | Any) ->
         )
 
 
+def is_own_status_write(event_type: str | None, body: Mapping[str, Any]) -> bool:
+    """A modification that leaves the spec as last reconciled: our own status patch, most
+    often. Reacting to it would feed back (each pass patches progress, each patch is an event);
+    child events and the resync cover everything else."""
+    generation = (body.get("metadata") or {}).get("generation")
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return event_type == "MODIFIED" and generation is not None and generation == observed
+
+
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="training-job")
 def on_training_job(
-    type: str, namespace: str | None, name: str | None, logger: Any, **_: Any
+    type: str,
+    namespace: str | None,
+    name: str | None,
+    body: Mapping[str, Any],
+    logger: Any,
+    **_: Any,
 ) -> None:
     if not (namespace and name):
         return
     if type == "DELETED":
         forget_job(f"{namespace}/{name}")
         return
-    reconcile_safely(namespace, name, logger)
+    if not is_own_status_write(type, body):
+        reconcile_safely(namespace, name, logger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY}, id="attempt-job")
