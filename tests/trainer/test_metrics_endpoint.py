@@ -19,9 +19,22 @@ pytestmark = pytest.mark.slow
 GLOBAL_BATCH = 8
 
 
-def scrape(port: int) -> dict[str, float]:
+def fetch_metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def phase_seconds(text: str) -> dict[str, float]:
+    return {
+        sample.labels["phase"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "dtj_trainer_step_phase_seconds_sum"
+    }
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = fetch_metrics_text(port)
     return {
         sample.name: sample.value
         for family in text_string_to_metric_families(text)
@@ -52,9 +65,12 @@ def test_metrics_of_a_running_trainer_move_with_training(
             120,
             "the step to advance",
         )
+        phases = phase_seconds(fetch_metrics_text(port))
     finally:
         process.kill()
         process.wait(timeout=30)
+    assert set(phases) == {"data_wait", "compute", "optimizer"}
+    assert phases["optimizer"] > 0 and phases["compute"] > phases["optimizer"]
     for sample in (first, later):
         assert sample["dtj_trainer_samples_total"] == sample["dtj_trainer_step"] * GLOBAL_BATCH
         assert sample["dtj_trainer_images_per_second"] > 0

@@ -22,6 +22,7 @@ def step_report(step: int, loss: float = 0.5) -> StepReport:
         images_per_s=64.0,
         mfu=None,
         data_wait_s=0.01,
+        optimizer_s=0.04,
         step_time_s=0.25,
         grad_norm=1.5,
         epoch=0,
@@ -93,6 +94,18 @@ def test_nonfinite_loss_is_counted_not_reported(telemetry):
     samples = scrape(port)
     assert samples["dtj_trainer_nonfinite_losses_total"] == 1
     assert "dtj_trainer_loss" not in samples
+
+
+def test_step_time_splits_into_three_phases(telemetry):
+    served, port = telemetry
+    served.on_step(step_report(10))
+    sums = {
+        sample.labels["phase"]: sample.value
+        for family in text_string_to_metric_families(fetch(port, "/metrics").decode())
+        for sample in family.samples
+        if sample.name == "dtj_trainer_step_phase_seconds_sum"
+    }
+    assert sums == pytest.approx({"data_wait": 0.01, "compute": 0.2, "optimizer": 0.04})
 
 
 def test_unknown_path_is_404(telemetry):

@@ -58,7 +58,8 @@ class TrainerMetrics:
         self.grad_norm = gauge("dtj_trainer_grad_norm", "Gradient norm before clipping.")
         self.step_phase = histogram(
             "dtj_trainer_step_phase_seconds",
-            "Time per optimizer step by phase (data_wait, compute incl. optimizer).",
+            "Time per optimizer step by phase: data_wait, compute (forward and backward), "
+            "optimizer (clipping, optimizer step, EMA).",
             STEP_BUCKETS_S,
             extra=("phase",),
         )
@@ -169,10 +170,11 @@ class TrainerTelemetry:
             self._set(m.loss, report.loss)
         else:
             m.nonfinite_losses.labels(**self.labels).inc()
-        compute_s = max(report.step_time_s - report.data_wait_s, 0.0)
+        compute_s = max(report.step_time_s - report.data_wait_s - report.optimizer_s, 0.0)
         m.step_phase.labels(**self.labels, phase="data_wait").observe(report.data_wait_s)
         m.step_phase.labels(**self.labels, phase="compute").observe(compute_s)
-        self.productive_s += compute_s * num_new_steps
+        m.step_phase.labels(**self.labels, phase="optimizer").observe(report.optimizer_s)
+        self.productive_s += (compute_s + report.optimizer_s) * num_new_steps
         wall_s = max(time.monotonic() - self.started_s, 1e-9)
         self._set(m.goodput, min(self.productive_s / wall_s, 1.0))
         self._record_gpu_memory()

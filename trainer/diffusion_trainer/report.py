@@ -33,6 +33,7 @@ class StepReport:
     images_per_s: float
     mfu: float | None
     data_wait_s: float
+    optimizer_s: float  # clip + optimizer step + EMA, per step
     step_time_s: float
     grad_norm: float | None
     epoch: int
@@ -47,7 +48,8 @@ def format_step_line(report: StepReport) -> str:
     return (
         f"step={report.step}/{report.max_steps} loss={report.loss:.6f} lr={report.lr:.3e} "
         f"images_per_s={report.images_per_s:.2f} mfu={mfu} data_wait_s={report.data_wait_s:.4f} "
-        f"step_time_s={report.step_time_s:.4f} grad_norm={grad} epoch={report.epoch}"
+        f"optimizer_s={report.optimizer_s:.4f} step_time_s={report.step_time_s:.4f} "
+        f"grad_norm={grad} epoch={report.epoch}"
     )
 
 

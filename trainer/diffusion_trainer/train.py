@@ -45,6 +45,7 @@ from diffusion_trainer.report import (
     StepSink,
     log_step,
 )
+from diffusion_trainer.span_timer import SpanTimer
 from diffusion_trainer.step import compute_micro_loss, prepare_inputs
 
 log = logging.getLogger("diffusion_trainer")
@@ -91,6 +92,7 @@ class TrainingLoop:
         self.flops_per_image: float | None = None
         self.step_lr = 0.0
         self.peak_flops = peak_flops_per_device(runtime.device)
+        self.optimizer_timer = SpanTimer(runtime.device)
 
     def resume(self) -> None:
         requested = os.environ.get("RESUME_FROM") or self.config.checkpoint.resume_from
@@ -133,6 +135,12 @@ class TrainingLoop:
             loss = compute_micro_loss(inputs, self.c, device, channels_last)
             (loss / self.num_accum).backward()
             loss_total += loss.detach() / self.num_accum
+        with self.optimizer_timer.span():
+            grad_norm = self.apply_gradients()
+        return loss_total, data_wait_s, grad_norm
+
+    def apply_gradients(self) -> torch.Tensor | None:
+        """The optimizer phase: clip, step, schedule, EMA."""
         grad_norm = clip_gradients(self.c.unet, self.config.training.grad_clip_norm)
         self.step_lr = float(self.c.optimizer.param_groups[0]["lr"])
         self.c.optimizer.step()
@@ -141,7 +149,7 @@ class TrainingLoop:
         self.step += 1
         if self.c.ema is not None:
             self.c.ema.update(self.step)
-        return loss_total, data_wait_s, grad_norm
+        return grad_norm
 
     def count_flops(self, latent_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> None:
         config = dict(self.c.unet_config)
@@ -171,6 +179,7 @@ class TrainingLoop:
                 images_per_s, self.flops_per_image or 0.0, self.peak_flops, self.runtime.world_size
             ),
             data_wait_s=stats.data_wait_s / stats.num_steps,
+            optimizer_s=self.optimizer_timer.take_total_s() / stats.num_steps,
             step_time_s=elapsed_s / stats.num_steps,
             grad_norm=None if grad_norm is None else float(grad_norm),
             epoch=epoch,
