@@ -84,6 +84,8 @@ def probe_api(**_: Any) -> str:
 
 
 def reconcile_safely(namespace: str, name: str, logger: logging.Logger | Any) -> None:
+    """One pass; whatever goes wrong is logged and retried by the next pass, never raised:
+    the resync loop is the operator's only clock and must outlive API outages and bugs."""
     try:
         reconcile(kube(), namespace, name, _settings, logger)
     except client.exceptions.ApiException as error:
@@ -94,6 +96,8 @@ def reconcile_safely(namespace: str, name: str, logger: logging.Logger | Any) ->
             error.status,
             error.reason,
         )
+    except Exception:  # e.g. urllib3 connection errors while the API server restarts
+        logger.exception("reconcile of %s/%s failed, retried on the next pass", namespace, name)
 
 
 def is_own_status_write(event_type: str | None, body: Mapping[str, Any]) -> bool:
@@ -139,14 +143,21 @@ def resync_forever(stop: threading.Event) -> None:
     """Level-based safety net: re-derive every job's state even if no event arrives."""
     while not stop.wait(_settings.reconcile_interval_s):
         try:
-            bodies = kube().list_training_jobs(_settings.namespaces)
-        except Exception as error:  # keep the loop alive through API outages
-            log.warning("resync: cannot list jobs: %s", error)
-            continue
-        metrics.record_job_phases([(b.get("status") or {}).get("phase") for b in bodies])
-        forget_vanished_jobs({job_key(body) for body in bodies})
-        for body in bodies:
-            if stop.is_set():
-                return
-            meta = body["metadata"]
-            reconcile_safely(meta["namespace"], meta["name"], log)
+            resync_once(stop)
+        except Exception:  # the loop is the operator's clock: it must never end early
+            log.exception("resync pass failed; the next one follows")
+
+
+def resync_once(stop: threading.Event) -> None:
+    try:
+        bodies = kube().list_training_jobs(_settings.namespaces)
+    except Exception as error:  # API outage: nothing to do until it is back
+        log.warning("resync: cannot list jobs: %s", error)
+        return
+    metrics.record_job_phases([(b.get("status") or {}).get("phase") for b in bodies])
+    forget_vanished_jobs({job_key(body) for body in bodies})
+    for body in bodies:
+        if stop.is_set():
+            return
+        meta = body["metadata"]
+        reconcile_safely(meta["namespace"], meta["name"], log)

@@ -120,9 +120,10 @@ class _Planner:
     def run(self) -> Plan:
         if self.old_phase in ("Succeeded", "Failed"):
             self.finish_terminal()
-        elif self.job.config_error:
-            self.set_phase("Failed", "InvalidSpec", self.job.config_error)
+        elif self.job.config_error and not self.attempt_is_active():
+            self.fail("InvalidSpec", self.job.config_error)
         elif not self.check_active_deadline():
+            self.note_spec_error()
             self.adopt_newer_attempt()
             if self.attempt == 0:
                 self.start_first_attempt()
@@ -131,6 +132,20 @@ class _Planner:
             else:
                 self.track_attempt()
         return self.plan
+
+    def attempt_is_active(self) -> bool:
+        job = self.observed.job(self.attempt) if self.attempt else None
+        return job is not None and not (job.complete or job.failed)
+
+    def note_spec_error(self) -> None:
+        """A spec edit that cannot be rendered while an attempt runs: the attempt keeps its
+        config; the job fails only if it needs a new attempt before the spec is fixed."""
+        error = self.job.config_error
+        if error and error != self.status.get("specError"):
+            self.plan.events.append(
+                JobEvent("Warning", "SpecRejected", f"{error}; the running attempt continues")
+            )
+        self.status["specError"] = error
 
     def finish_terminal(self) -> None:
         ttl = self.spec.run_policy.ttl_seconds_after_finished
@@ -180,12 +195,16 @@ class _Planner:
         self.create_attempt(1)
 
     def create_attempt(self, attempt: int) -> None:
+        if self.job.config_error:
+            self.fail("InvalidSpec", self.job.config_error)
+            return
         suspended = self.spec.run_policy.suspend or bool(self.spec.run_policy.queue_name)
         checkpoint = self.status.get("checkpoint") or {}
         self.plan.create_attempt = attempt
         self.plan.create_suspended = suspended
         self.plan.resume_from = checkpoint.get("latestUri")
         self.status["attemptStartTime"] = format_time(self.now)
+        self.status["attemptRunningTime"] = None
         self.status["restartAfter"] = None
         self.status["workers"] = {"desired": self.spec.resources.nodes, "ready": 0}
         if suspended:
@@ -256,6 +275,7 @@ class _Planner:
         """Both deadlines restart: time spent suspended or queued is not running time."""
         self.status["startTime"] = format_time(self.now)
         self.status["attemptStartTime"] = format_time(self.now)
+        self.status["attemptRunningTime"] = None  # suspension deleted the pods
 
     def track_suspended(self, job_name: str) -> None:
         if not self.spec.run_policy.suspend and not self.spec.run_policy.queue_name:
@@ -309,10 +329,16 @@ class _Planner:
             "failed": 0,
         }
         if len(running) >= self.nodes:
+            if not self.status.get("attemptRunningTime"):
+                self.status["attemptRunningTime"] = format_time(self.now)
             self.set_phase("Running", "AllWorkersRunning", f"{self.nodes} workers running")
             return
         why = waiting_detail(pods, self.nodes)
-        if not self.check_start_deadline(why):
+        if self.status.get("attemptRunningTime"):
+            # The gang ran and is losing a worker (drain, eviction): its failure or exit
+            # restarts the gang; the start deadline is over for this attempt.
+            self.set_phase("Running", "WorkersDisrupted", why)
+        elif not self.check_start_deadline(why):
             phase = "Restarting" if self.old_phase == "Restarting" else "Pending"
             self.set_phase(phase, "WaitingForWorkers", why)
 
@@ -328,7 +354,7 @@ class _Planner:
 
 
 def waiting_detail(pods: list[WorkerPod], nodes: int) -> str:
-    running = len([p for p in pods if p.phase in ("Running", "Succeeded")])
+    running = len([p for p in pods if p.phase in ("Running", "Succeeded") and not p.deleting])
     detail = f"{running}/{nodes} workers running"
     for pod in sorted(pods, key=lambda p: p.index):
         cause = pod.unschedulable_message or pod.waiting_reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -18,17 +19,24 @@ def format_eta(seconds: float | None) -> str | None:
     return f"{minutes}m{int(seconds % 60):02d}s"
 
 
+def finite(value: Any) -> float | None:
+    """A number JSON and the API server accept: Infinity and NaN would fail the status patch."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def progress_from_reading(reading: dict[str, Any], now: str) -> dict[str, Any]:
     """status.progress from a fresh /progress reading."""
-    eta_s = reading.get("etaSeconds")
-    images = reading.get("imagesPerSecond")
-    loss = reading.get("loss")
+    eta_s = finite(reading.get("etaSeconds"))
+    images = finite(reading.get("imagesPerSecond"))
+    loss = finite(reading.get("loss"))
     return {
         "step": reading.get("step"),
         "totalSteps": reading.get("totalSteps"),
-        "imagesPerSecond": round(images, 2) if isinstance(images, int | float) else None,
-        "loss": round(loss, 5) if isinstance(loss, int | float) else None,
-        "etaSeconds": int(eta_s) if isinstance(eta_s, int | float) else None,
+        "imagesPerSecond": None if images is None else round(images, 2),
+        "loss": None if loss is None else round(loss, 5),
+        "etaSeconds": None if eta_s is None else int(eta_s),
         "eta": format_eta(eta_s),
         "updatedAt": now,
         "stale": False,

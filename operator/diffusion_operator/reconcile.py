@@ -29,10 +29,10 @@ _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def lock_for(uid: str) -> threading.Lock:
+def lock_for(key: str) -> threading.Lock:
     """Handlers and timers may fire together; one pass per job at a time."""
     with _locks_guard:
-        return _locks.setdefault(uid, threading.Lock())
+        return _locks.setdefault(key, threading.Lock())
 
 
 def forget_job(key: str) -> None:
@@ -43,11 +43,8 @@ def forget_job(key: str) -> None:
 
 
 def forget_vanished_jobs(live_keys: set[str]) -> None:
-    """Drop state of jobs deleted while no DELETED event reached us (watch gaps, restarts)."""
-    with _locks_guard:
-        idle = {key for key, lock in _locks.items() if not lock.locked()}
-        for key in idle - live_keys:
-            del _locks[key]
+    """Drop metric state of jobs deleted while no DELETED event reached us (watch gaps). Locks
+    stay: one might be in use, and a lock is a few bytes."""
     for key in metrics.tracked_job_keys() - live_keys:
         metrics.forget_job_metrics(key)
 

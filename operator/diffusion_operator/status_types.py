@@ -75,6 +75,14 @@ class DiffusionTrainingJobStatus(Section):
         str | None, Field(description="When the job last started running: first start or resume.")
     ] = None
     attempt_start_time: str | None = None
+    spec_error: Annotated[
+        str | None,
+        Field(description="Why the current spec cannot run; the running attempt keeps its config."),
+    ] = None
+    attempt_running_time: Annotated[
+        str | None,
+        Field(description="When all workers of this attempt first ran; ends its start deadline."),
+    ] = None
     completion_time: str | None = None
     restart_after: Annotated[
         str | None, Field(description="When the next attempt may start (backoff).")

@@ -211,6 +211,22 @@ def test_start_deadline_fails_with_the_reason():
     assert plan.delete_jobs == ["sd-a1"]
 
 
+def test_start_deadline_ends_once_the_gang_has_run():
+    long_ago = format_time(NOW - timedelta(hours=5))
+    deadline = {"startDeadlineSeconds": 600}
+    status = running_status(attemptStartTime=long_ago)
+    ran = plan_reconcile(
+        state(status, runPolicy=deadline), Observed([job()], [pod(0), pod(1)]), NOW
+    )
+    assert ran.status["attemptRunningTime"] == format_time(NOW)
+    drained = Observed([job()], [pod(0), pod(1, deleting=True)])
+    plan = plan_reconcile(state(dict(ran.status), runPolicy=deadline), drained, NOW)
+    assert plan.status["phase"] == "Running"
+    assert condition(plan, "Running")["reason"] == "WorkersDisrupted"
+    assert "1/2 workers running" in condition(plan, "Running")["message"]
+    assert plan.delete_jobs == []
+
+
 def test_active_deadline_fails_and_stops_workers():
     status = running_status(startTime=format_time(NOW - timedelta(seconds=120)))
     observed = Observed([job()], [pod(0), pod(1)])
@@ -241,6 +257,28 @@ def test_job_created_before_a_lost_status_patch_is_adopted():
 def test_invalid_spec_fails_without_children():
     job_state = JobState("sd", "ns", 1, spec_of(), {}, config_error="spec.training.x: bad")
     plan = plan_reconcile(job_state, Observed(), NOW)
+    assert plan.status["phase"] == "Failed"
+    assert condition(plan, "Failed")["reason"] == "InvalidSpec"
+    assert plan.create_attempt is None
+
+
+def test_unrenderable_edit_keeps_the_running_attempt_until_it_needs_a_new_one():
+    error = "spec.training.microBatchSize: 24 does not divide the batch"
+    observed = Observed([job()], [pod(0), pod(1)])
+    running = JobState("sd", "ns", 2, spec_of(), running_status(), config_error=error)
+    plan = plan_reconcile(running, observed, NOW)
+    assert plan.status["phase"] == "Running"
+    assert plan.status["specError"] == error
+    assert [e.reason for e in plan.events] == ["SpecRejected"]
+    assert plan.delete_jobs == []
+    again = plan_reconcile(
+        JobState("sd", "ns", 2, spec_of(), dict(plan.status), error), observed, NOW
+    )
+    assert again.events == []  # reported once
+    restarting = running_status(attempt=2, phase="Restarting", restartAfter=format_time(NOW))
+    plan = plan_reconcile(
+        JobState("sd", "ns", 2, spec_of(), restarting, config_error=error), Observed(), NOW
+    )
     assert plan.status["phase"] == "Failed"
     assert condition(plan, "Failed")["reason"] == "InvalidSpec"
     assert plan.create_attempt is None

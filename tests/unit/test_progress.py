@@ -33,6 +33,14 @@ def test_progress_from_reading_rounds_and_formats():
     }
 
 
+def test_non_finite_values_become_null_so_the_status_patch_stays_valid_json():
+    reading = {**READING, "loss": float("inf"), "imagesPerSecond": float("nan"), "etaSeconds": True}
+    progress = progress_from_reading(reading, "2026-11-29T12:01:00Z")
+    assert (progress["loss"], progress["imagesPerSecond"], progress["etaSeconds"]) == (None,) * 3
+    assert progress["eta"] is None
+    assert progress["step"] == 120
+
+
 def test_eta_formats():
     assert format_eta(59) == "0m59s"
     assert format_eta(3 * 86400 + 7200) == "3d2h"
