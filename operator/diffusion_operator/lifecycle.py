@@ -369,5 +369,13 @@ def plan_reconcile(job: JobState, observed: Observed, now: datetime) -> Plan:
     return _Planner(job, observed, now).run()
 
 
+def plan_refused_attempt(job: JobState, message: str, now: datetime) -> Plan:
+    """The API server refused the attempt's Job as invalid (e.g. a pod template field that the
+    CRD passes through): retrying cannot help, so the job fails with the server's words."""
+    planner = _Planner(job, Observed(), now)
+    planner.set_phase("Failed", "InvalidPodTemplate", f"the worker Job was refused: {message}")
+    return planner.plan
+
+
 def job_name_of(job: JobState, attempt: int) -> str:
     return names.attempt_job_name(job.name, attempt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ from pydantic import ValidationError
 from diffusion_operator import metrics, names
 from diffusion_operator.builders import Owner, build_config_map, build_service
 from diffusion_operator.kube import NOT_FOUND, Kube
-from diffusion_operator.lifecycle import JobEvent, JobState, Plan, format_time, plan_reconcile
+from diffusion_operator.lifecycle import (
+    JobEvent,
+    JobState,
+    Plan,
+    format_time,
+    plan_reconcile,
+    plan_refused_attempt,
+)
 from diffusion_operator.observed import Observed, WorkerPod
 from diffusion_operator.progress import mark_stale, newer_checkpoint, progress_from_reading
 from diffusion_operator.progress_client import fetch_progress
@@ -25,6 +33,7 @@ from diffusion_operator.spec import DiffusionTrainingJobSpec
 from diffusion_operator.worker_job import build_worker_job
 from diffusion_trainer.config import ConfigError, TrainerConfig
 
+INVALID = (400, 422)  # the API server refuses the object itself: retrying cannot help
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -95,7 +104,17 @@ def reconcile(
         owner = Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
         old_status = body.get("status") or {}
         plan, observed = plan_for(body, owner, kube, settings)
-        execute_plan(plan, owner, kube, log)
+        try:
+            execute_plan(plan, owner, kube, log)
+        except ApiException as error:
+            if error.status not in INVALID or plan.create_attempt is None or plan.spec is None:
+                raise
+            job = JobState(
+                name, namespace, body["metadata"].get("generation"), plan.spec, plan.status
+            )
+            plan = plan_refused_attempt(job, api_error_message(error), datetime.now(UTC))
+            observed = None
+            execute_plan(plan, owner, kube, log)
         if observed is not None and plan.spec is not None:
             read_progress(plan, observed, owner, settings)
             record_metrics(plan, observed, old_status, owner)
@@ -103,6 +122,14 @@ def reconcile(
         if patch and not plan.delete_self:
             kube.patch_status(namespace, name, patch)
         return plan
+
+
+def api_error_message(error: ApiException) -> str:
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or error.reason)[:1000]
 
 
 def plan_for(

@@ -104,6 +104,25 @@ def test_failed_worker_without_restarts_fails_the_job(dtjs, make_gpu_pool, opera
     assert dtjs.status("oom")["restarts"] == 0
 
 
+def test_a_pod_template_the_api_server_refuses_fails_the_job_with_its_reason(
+    dtjs, make_gpu_pool, operator, job_spec
+):
+    pool = make_gpu_pool(num_nodes=2)
+    spec = job_spec(pool)
+    term = {"matchExpressions": [{"key": "zone", "operator": "Near", "values": ["a"]}]}
+    spec["resources"]["affinity"] = {  # passed through by the CRD, refused by the Job API
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+        }
+    }
+    dtjs.create("badaffinity", spec)
+    dtjs.wait_phase("badaffinity", "Failed", timeout_s=60)
+    failed = dtjs.condition("badaffinity", "Failed")
+    assert failed["reason"] == "InvalidPodTemplate"
+    assert "Near" in failed["message"]
+    assert dtjs.jobs("badaffinity") == []
+
+
 def test_gang_restart_resumes_from_checkpoint_after_old_pods_are_gone(
     dtjs, make_gpu_pool, operator, job_spec, operator_metrics
 ):
