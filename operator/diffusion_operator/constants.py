@@ -12,6 +12,9 @@ CATEGORY = "ml"
 LABEL_JOB_NAME = f"{GROUP}/job-name"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_ROLE = f"{GROUP}/role"
+# The owning DiffusionTrainingJob's uid: a job deleted and re-created under the same name never
+# mistakes the old one's children (still being garbage-collected) for its own.
+LABEL_JOB_UID = f"{GROUP}/job-uid"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "diffusion-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

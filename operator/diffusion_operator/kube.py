@@ -39,6 +39,16 @@ def counted(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def is_owned_by(obj: Any, owner_uid: str) -> bool:
+    return any(ref.uid == owner_uid for ref in obj.metadata.owner_references or [])
+
+
+def is_labelled_for(pod: Any, owner_uid: str) -> bool:
+    """Pods made before the uid label existed count as the current job's."""
+    uid = (pod.metadata.labels or {}).get(c.LABEL_JOB_UID)
+    return uid is None or uid == owner_uid
+
+
 class Kube:
     """Thin wrapper over the typed clients; every method is idempotent."""
 
@@ -48,12 +58,14 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
 
     @counted
-    def observe(self, namespace: str, job_name: str) -> Observed:
+    def observe(self, namespace: str, job_name: str, owner_uid: str) -> Observed:
+        """The worker Jobs and pods of this incarnation of the job (by uid, not only name)."""
         selector = f"{c.LABEL_JOB_NAME}={job_name},{c.LABEL_ROLE}=worker"
         jobs = self.batch.list_namespaced_job(namespace, label_selector=selector).items
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         return Observed(
-            jobs=[to_attempt_job(j) for j in jobs], pods=[to_worker_pod(p) for p in pods]
+            jobs=[to_attempt_job(j) for j in jobs if is_owned_by(j, owner_uid)],
+            pods=[to_worker_pod(p) for p in pods if is_labelled_for(p, owner_uid)],
         )
 
     @counted

@@ -153,7 +153,7 @@ def plan_for(
     job = JobState(
         owner.name, owner.namespace, meta.get("generation"), parsed.spec, status, parsed.error
     )
-    observed = kube.observe(owner.namespace, owner.name)
+    observed = kube.observe(owner.namespace, owner.name, owner.uid)
     plan = plan_reconcile(job, observed, datetime.now(UTC))
     plan.spec = parsed.spec
     return plan, observed

@@ -21,7 +21,11 @@ def build_worker_job(
     suspend: bool,
 ) -> dict[str, Any]:
     job_name = names.attempt_job_name(owner.name, attempt)
-    attempt_labels = {c.LABEL_ATTEMPT: str(attempt), c.LABEL_ROLE: "worker"}
+    attempt_labels = {
+        c.LABEL_ATTEMPT: str(attempt),
+        c.LABEL_ROLE: "worker",
+        c.LABEL_JOB_UID: owner.uid,
+    }
     job_labels = dict(attempt_labels)
     if spec.run_policy.queue_name:
         job_labels[c.KUEUE_QUEUE_LABEL] = spec.run_policy.queue_name
