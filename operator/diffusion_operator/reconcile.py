@@ -93,7 +93,9 @@ def reconcile(
     kube: Kube, namespace: str, name: str, settings: OperatorSettings, log: Logger
 ) -> Plan | None:
     """One pass for one job. The job is read inside the lock: a pass never acts on a status
-    that an earlier pass has already changed."""
+    that an earlier pass has already changed. Status is written before the pass acts, so a
+    crash in between leaves a status from which the next pass re-derives the missing actions
+    (a restart that was counted but whose old Job was not yet deleted, say), never the reverse."""
     with lock_for(f"{namespace}/{name}"), metrics.RECONCILE_DURATION.time():
         try:
             body = kube.get_training_job(namespace, name)
@@ -104,6 +106,10 @@ def reconcile(
         owner = Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
         old_status = body.get("status") or {}
         plan, observed = plan_for(body, owner, kube, settings)
+        if observed is not None and plan.spec is not None:
+            read_progress(plan, observed, owner, settings)
+            record_metrics(plan, observed, old_status, owner)
+        write_status(kube, owner, old_status, plan)
         try:
             execute_plan(plan, owner, kube, log)
         except ApiException as error:
@@ -112,16 +118,17 @@ def reconcile(
             job = JobState(
                 name, namespace, body["metadata"].get("generation"), plan.spec, plan.status
             )
-            plan = plan_refused_attempt(job, api_error_message(error), datetime.now(UTC))
-            observed = None
-            execute_plan(plan, owner, kube, log)
-        if observed is not None and plan.spec is not None:
-            read_progress(plan, observed, owner, settings)
-            record_metrics(plan, observed, old_status, owner)
-        patch = changed_status(old_status, plan.status)
-        if patch and not plan.delete_self:
-            kube.patch_status(namespace, name, patch)
+            refused = plan_refused_attempt(job, api_error_message(error), datetime.now(UTC))
+            write_status(kube, owner, plan.status, refused)
+            execute_plan(refused, owner, kube, log)
+            return refused
         return plan
+
+
+def write_status(kube: Kube, owner: Owner, old_status: dict[str, Any], plan: Plan) -> None:
+    patch = changed_status(old_status, plan.status)
+    if patch and not plan.delete_self:
+        kube.patch_status(owner.namespace, owner.name, patch)
 
 
 def api_error_message(error: ApiException) -> str:
