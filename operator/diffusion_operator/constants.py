@@ -15,6 +15,9 @@ LABEL_ROLE = f"{GROUP}/role"
 # The owning DiffusionTrainingJob's uid: a job deleted and re-created under the same name never
 # mistakes the old one's children (still being garbage-collected) for its own.
 LABEL_JOB_UID = f"{GROUP}/job-uid"
+# What the attempt was built from (the spec, suspension aside): a suspended attempt whose spec
+# changed meanwhile is replaced at resume instead of unsuspended.
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "diffusion-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

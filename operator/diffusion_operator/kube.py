@@ -171,6 +171,7 @@ def to_attempt_job(job: client.V1Job) -> AttemptJob:
         complete=conditions.get("Complete", False),
         failed=conditions.get("Failed", False),
         deleting=job.metadata.deletion_timestamp is not None,
+        spec_hash=(job.metadata.annotations or {}).get(c.ANNOTATION_SPEC_HASH),
     )
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from diffusion_operator import names
 from diffusion_operator.conditions import conditions_for_phase
-from diffusion_operator.observed import Observed, WorkerPod
-from diffusion_operator.spec import DiffusionTrainingJobSpec
+from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
+from diffusion_operator.spec import DiffusionTrainingJobSpec, spec_fingerprint
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ class _Planner:
             self.set_suspended()
             return
         if job.suspended:
-            self.track_suspended(job.name)
+            self.track_suspended(job)
             return
         if self.old_phase == "Suspended":
             self.mark_resumed()  # unsuspended by someone else, e.g. Kueue admission
@@ -277,13 +277,23 @@ class _Planner:
         self.status["attemptStartTime"] = format_time(self.now)
         self.status["attemptRunningTime"] = None  # suspension deleted the pods
 
-    def track_suspended(self, job_name: str) -> None:
-        if not self.spec.run_policy.suspend and not self.spec.run_policy.queue_name:
-            self.plan.set_suspend[job_name] = False
-            self.mark_resumed()
-            self.set_phase("Pending", "Resumed", "resumed; waiting for workers")
-        else:
+    def track_suspended(self, job: AttemptJob) -> None:
+        if self.spec.run_policy.suspend or self.spec.run_policy.queue_name:
             self.set_suspended()
+            return
+        self.mark_resumed()
+        if job.spec_hash is not None and job.spec_hash != spec_fingerprint(self.spec):
+            # Unsuspending would run the old shape (nodes, image, ...) with the new config.
+            self.plan.delete_jobs.append(job.name)
+            self.status.update(attempt=self.attempt + 1, restartAfter=None)
+            self.set_phase(
+                "Pending",
+                "SpecChanged",
+                f"the spec changed while suspended: resuming as attempt {self.attempt}",
+            )
+            return
+        self.plan.set_suspend[job.name] = False
+        self.set_phase("Pending", "Resumed", "resumed; waiting for workers")
 
     def handle_failure(self, job_name: str, failed: list[WorkerPod]) -> None:
         first = min(failed, key=lambda p: (p.finished_at or self.now, p.index), default=None)

@@ -32,6 +32,7 @@ class AttemptJob:
     complete: bool = False
     failed: bool = False
     deleting: bool = False
+    spec_hash: str | None = None  # None: made before the annotation existed
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ user wrote, and presets and defaults fill the rest when the operator renders the
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -235,3 +237,9 @@ class DiffusionTrainingJobSpec(Section):
     @property
     def processes_per_node(self) -> int:
         return self.resources.processes_per_node or max(self.resources.gpus_per_node, 1)
+
+
+def spec_fingerprint(spec: DiffusionTrainingJobSpec) -> str:
+    """A short hash of everything an attempt is built from; suspending does not change it."""
+    dumped = spec.model_dump(mode="json", exclude={"run_policy": {"suspend"}})
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ from typing import Any
 from diffusion_operator import constants as c
 from diffusion_operator import names
 from diffusion_operator.builders import NCCL_DEFAULTS, Owner, child_metadata
-from diffusion_operator.spec import DiffusionTrainingJobSpec
+from diffusion_operator.spec import DiffusionTrainingJobSpec, spec_fingerprint
 
 NON_ROOT_UID = 1000
 COMPLETION_INDEX_FIELD = f"metadata.annotations['{c.JOB_COMPLETION_INDEX_ANNOTATION}']"
@@ -30,10 +30,12 @@ def build_worker_job(
     if spec.run_policy.queue_name:
         job_labels[c.KUEUE_QUEUE_LABEL] = spec.run_policy.queue_name
     nodes = spec.resources.nodes
+    metadata = child_metadata(owner, job_name, job_labels)
+    metadata["annotations"] = {c.ANNOTATION_SPEC_HASH: spec_fingerprint(spec)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": child_metadata(owner, job_name, job_labels),
+        "metadata": metadata,
         "spec": {
             "completionMode": "Indexed",
             "completions": nodes,

@@ -174,6 +174,25 @@ def test_suspend_deletes_pods_and_resume_brings_them_back(dtjs, make_gpu_pool, o
     assert dtjs.status("pause")["restarts"] == 0
 
 
+def test_a_spec_changed_while_suspended_resumes_as_a_new_attempt(
+    dtjs, make_gpu_pool, operator, job_spec
+):
+    pool = make_gpu_pool(num_nodes=3)
+    dtjs.create("grow", job_spec(pool))
+    dtjs.running_pods("grow", attempt=1, count=2)
+    dtjs.patch_spec("grow", {"runPolicy": {"suspend": True}})
+    dtjs.wait_phase("grow", "Suspended")
+    wait_until(lambda: not dtjs.pods("grow"), 60, "suspended job's pods to be deleted")
+    resized = {"nodes": 3}
+    dtjs.patch_spec("grow", {"resources": resized, "training": {"globalBatchSize": 16 * 3 * 8}})
+    dtjs.patch_spec("grow", {"runPolicy": {"suspend": False}})
+    dtjs.running_pods("grow", attempt=2, count=3)
+    dtjs.wait_phase("grow", "Running")
+    wait_until(lambda: [j.metadata.name for j in dtjs.jobs("grow")] == ["grow-a2"], 60, "a1 to go")
+    assert dtjs.jobs("grow")[0].spec.completions == 3
+    assert dtjs.status("grow")["restarts"] == 0
+
+
 def test_start_deadline_fails_a_job_that_cannot_be_scheduled(
     dtjs, make_gpu_pool, operator, job_spec
 ):

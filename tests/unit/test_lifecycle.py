@@ -11,7 +11,7 @@ from diffusion_operator.lifecycle import (
     plan_reconcile,
 )
 from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
-from diffusion_operator.spec import DiffusionTrainingJobSpec
+from diffusion_operator.spec import DiffusionTrainingJobSpec, spec_fingerprint
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
@@ -162,6 +162,24 @@ def test_suspend_suspends_the_running_attempt_and_resume_unsuspends():
     assert resumed.status["phase"] == "Pending"
     assert resumed.status["attemptStartTime"] == format_time(NOW)
     assert resumed.status["startTime"] == format_time(NOW)
+
+
+def test_resume_after_a_spec_change_replaces_the_suspended_attempt():
+    before = spec_of(runPolicy={"suspend": True})
+    suspended_job = AttemptJob(
+        name="sd-a1", attempt=1, suspended=True, spec_hash=spec_fingerprint(before)
+    )
+    status = running_status(phase="Suspended")
+    same = plan_reconcile(state(status), Observed([suspended_job], []), NOW)
+    assert same.set_suspend == {"sd-a1": False}  # only suspension changed: unsuspend
+    changed = plan_reconcile(
+        state(status, resources={"nodes": 4}), Observed([suspended_job], []), NOW
+    )
+    assert changed.set_suspend == {}
+    assert changed.delete_jobs == ["sd-a1"]
+    assert changed.status["attempt"] == 2
+    assert changed.status["restarts"] == 0  # not a failure
+    assert condition(changed, "Running")["reason"] == "SpecChanged"
 
 
 def test_active_deadline_does_not_count_time_suspended():
