@@ -69,6 +69,7 @@ def mds_dir(tmp_path: Path) -> Path:
             "model.vae",
         ),
         ({"training": {"globalBatchSize": 10, "microBatchSize": 4}}, "globalBatchSize"),
+        ({"model": {"zeroTerminalSnr": True}}, "model.predictionType: v_prediction"),
     ],
 )
 def test_bad_config_exits_2_naming_the_field(

@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 from trainer_harness import TrainerRun, run_in_process
 
+from diffusion_trainer.checkpoint import CheckpointStore
+from diffusion_trainer.data import latent_columns
+from diffusion_trainer.report import EXIT_NONFINITE_LOSS
+
 pytestmark = pytest.mark.slow
 LOSS_RTOL = 1e-4
 
@@ -59,6 +63,39 @@ def test_loss_falls_on_synthetic_shapes(
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, (first, last)
     assert run.extra["reports"][-1].epoch == 1  # 240 samples drawn from 192: a second epoch
+
+
+def write_corrupt_copy(source: Path, out: Path) -> Path:
+    """The dataset with NaN latents everywhere, as a corrupt shard would give."""
+    import numpy as np
+    from streaming import LocalDataset, MDSWriter
+
+    dataset = LocalDataset(str(source))
+    first = dataset[0]
+    columns = latent_columns(first["latents"].shape, first["text_hidden"].shape)
+    with MDSWriter(out=str(out), columns=columns) as writer:
+        for index in range(len(dataset)):
+            sample = dict(dataset[index])
+            sample["latents"] = np.full_like(sample["latents"], np.nan)
+            writer.write(sample)
+    return out
+
+
+def test_nonfinite_gradients_never_reach_a_committed_checkpoint(
+    tmp_path: Path, make_config: Callable[..., dict[str, Any]], synth_dataset: Any
+) -> None:
+    corrupt = write_corrupt_copy(synth_dataset.latents, tmp_path / "corrupt")
+    config = make_config(
+        tmp_path / "ckpt",
+        data={"train": {"local": str(corrupt)}},
+        training={"maxSteps": 4, "logIntervalSteps": 100},
+        checkpoint={"intervalSteps": 1, "exportDiffusers": False},
+    )
+    run = run_in_process(config)
+    assert run.returncode == EXIT_NONFINITE_LOSS
+    assert run.summary is not None
+    assert "non-finite gradient norm at or before step 1" in run.summary["message"]
+    assert CheckpointStore(str(run.checkpoint_uri)).committed_steps() == []
 
 
 def test_two_processes_match_one_process(

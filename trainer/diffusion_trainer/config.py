@@ -196,6 +196,17 @@ class TrainerConfig(Section):
     run: RunInfo = Field(default_factory=RunInfo)
 
     @model_validator(mode="after")
+    def check_zero_terminal_snr_predicts_v(self) -> TrainerConfig:
+        # With epsilon, the last timestep holds no signal: training learns nothing there and
+        # a sampler that starts from it divides by sqrt(alpha_bar) = 0.
+        if self.model.zero_terminal_snr and self.model.prediction_type != "v_prediction":
+            raise ValueError(
+                "model.zeroTerminalSnr needs model.predictionType: v_prediction; "
+                "set predictionType or turn zeroTerminalSnr off"
+            )
+        return self
+
+    @model_validator(mode="after")
     def check_micro_batch_fits(self) -> TrainerConfig:
         if self.training.micro_batch_size > self.training.global_batch_size:
             raise ValueError(

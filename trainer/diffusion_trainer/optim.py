@@ -114,19 +114,20 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, training: TrainingConfi
 
 
 @torch.no_grad()
-def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> torch.Tensor | None:
-    """Clip the global gradient norm; returns the norm before clipping (on the device).
+def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
+    """Clip the global gradient norm (None: measure only); returns the norm before clipping,
+    on the device, the same on every rank.
 
     Works on the local gradient shards: FSDP shards every parameter once across the ranks
     (no replicas), so the squared global norm is the sum over ranks of the local squares."""
-    if max_norm is None:
-        return None
     grads = [to_local(p.grad) for p in model.parameters() if p.grad is not None]
     norms = torch._foreach_norm(grads, 2.0)
     total = torch.stack([norm.float() for norm in norms]).square().sum()
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(total)
     total = total.sqrt()
+    if max_norm is None:
+        return total
     coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
     torch._foreach_mul_(grads, coefficient.to(grads[0].dtype))
     return total

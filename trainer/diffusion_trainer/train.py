@@ -93,6 +93,7 @@ class TrainingLoop:
         self.step_lr = 0.0
         self.peak_flops = peak_flops_per_device(runtime.device)
         self.optimizer_timer = SpanTimer(runtime.device)
+        self.nonfinite_grads = torch.zeros((), dtype=torch.bool, device=runtime.device)
 
     def resume(self) -> None:
         requested = os.environ.get("RESUME_FROM") or self.config.checkpoint.resume_from
@@ -117,7 +118,7 @@ class TrainingLoop:
             self.runtime.world_size,
         )
 
-    def train_step(self) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    def train_step(self) -> tuple[torch.Tensor, float, torch.Tensor]:
         """One optimizer step over the global batch; returns (loss, data wait s, grad norm)."""
         device = self.runtime.device
         channels_last = self.config.training.channels_last
@@ -139,9 +140,11 @@ class TrainingLoop:
             grad_norm = self.apply_gradients()
         return loss_total, data_wait_s, grad_norm
 
-    def apply_gradients(self) -> torch.Tensor | None:
+    def apply_gradients(self) -> torch.Tensor:
         """The optimizer phase: clip, step, schedule, EMA."""
         grad_norm = clip_gradients(self.c.unet, self.config.training.grad_clip_norm)
+        # Remembered on the device (no sync per step), checked before every save.
+        self.nonfinite_grads |= ~torch.isfinite(grad_norm)
         self.step_lr = float(self.c.optimizer.param_groups[0]["lr"])
         self.c.optimizer.step()
         self.c.lr_scheduler.step()
@@ -185,9 +188,10 @@ class TrainingLoop:
             epoch=epoch,
         )
 
-    def save(self) -> None:
+    def save(self) -> float:
+        """Commit a checkpoint of the current step; returns the seconds it took."""
         if self.last_checkpoint == self.store.path_for(self.step):
-            return
+            return 0.0
         state = TrainState(
             step=self.step,
             lr_scheduler=self.c.lr_scheduler.state_dict(),
@@ -215,6 +219,7 @@ class TrainingLoop:
         )
         if self.telemetry is not None:
             self.telemetry.on_checkpoint_saved(self.step, self.last_checkpoint, duration_s)
+        return duration_s
 
     def run(self) -> RunSummary:
         training = self.config.training
@@ -234,12 +239,28 @@ class TrainingLoop:
                     )
             stopping = any_rank_true(self.stop.requested, self.runtime)
             if stopping or self.step % self.config.checkpoint.interval_steps == 0:
-                self.save()
+                if bool(self.nonfinite_grads):
+                    return self.refuse_nonfinite_save()
+                stats.started_at += self.save()  # saving is not step time
+                # A signal that came during the save: that checkpoint is the current one.
+                stopping = stopping or any_rank_true(self.stop.requested, self.runtime)
             if stopping:
                 return self.summarize("preempted", EXIT_SIGTERM, "stopped by signal")
+        if bool(self.nonfinite_grads):
+            return self.refuse_nonfinite_save()
         self.save()
         exported = self.export() if self.config.checkpoint.export_diffusers else None
         return self.summarize("completed", EXIT_OK, "", exported)
+
+    def refuse_nonfinite_save(self) -> RunSummary:
+        """Never commit weights that a NaN/inf gradient reached: the next attempt resumes from
+        the last good checkpoint instead of a poisoned one."""
+        message = (
+            f"non-finite gradient norm at or before step {self.step}: no checkpoint saved, "
+            f"the latest committed one is {self.last_checkpoint or 'none'}"
+        )
+        log.error(message)
+        return self.summarize("failed", EXIT_NONFINITE_LOSS, message)
 
     def export(self) -> str:
         destination = export_path(self.config.checkpoint.uri, self.step)
