@@ -15,9 +15,11 @@ loads at another.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -110,8 +112,18 @@ class CheckpointStore:
         return self.path_for(steps[-1]) if steps else None
 
     def write_json(self, path: str, payload: dict[str, Any]) -> None:
-        with self.fs.open(path, "w") as handle:
-            handle.write(json.dumps(payload, indent=1))
+        """Durable before it returns: the commit marker must never reach the disk before the
+        state it vouches for (a node crash would leave a marker next to an empty file).
+        Object stores make a whole object visible at once; a local/PVC file is fsynced."""
+        text = json.dumps(payload, indent=1)
+        if not isinstance(self.fs, LocalFileSystem):
+            with self.fs.open(path, "w") as handle:
+                handle.write(text)
+            return
+        with Path(self.fs._strip_protocol(path)).open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def read_json(self, path: str) -> dict[str, Any]:
         with self.fs.open(path, "r") as handle:

@@ -86,6 +86,15 @@ def any_rank_true(flag: bool, runtime: Runtime) -> bool:
     return bool(tensor.item())
 
 
+def broadcast_from_main(value: Any, runtime: Runtime) -> Any:
+    """Rank 0's `value` on every rank (a collective over the CPU control group)."""
+    if runtime.world_size == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0, group=runtime.control_group)
+    return holder[0]
+
+
 def barrier(runtime: Runtime) -> None:
     dist.barrier(group=runtime.control_group)
 

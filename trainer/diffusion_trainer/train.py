@@ -15,6 +15,7 @@ from streaming.base.util import clean_stale_shared_memory
 
 from diffusion_trainer.assemble import Components, build_components
 from diffusion_trainer.checkpoint import (
+    CheckpointStorageError,
     CheckpointStore,
     TrainState,
     load_checkpoint,
@@ -25,6 +26,7 @@ from diffusion_trainer.config import TrainerConfig, check_batch_divisible
 from diffusion_trainer.distributed import (
     Runtime,
     any_rank_true,
+    broadcast_from_main,
     init_runtime,
     mean_across_ranks,
     shutdown_runtime,
@@ -96,8 +98,7 @@ class TrainingLoop:
         self.nonfinite_grads = torch.zeros((), dtype=torch.bool, device=runtime.device)
 
     def resume(self) -> None:
-        requested = os.environ.get("RESUME_FROM") or self.config.checkpoint.resume_from
-        path = resolve_resume_path(self.store, requested)
+        path = self.agree_on_resume_path()
         if path is None:
             log.info("no committed checkpoint under %s: starting at step 0", self.store.uri)
             return
@@ -117,6 +118,22 @@ class TrainingLoop:
             state.world_size,
             self.runtime.world_size,
         )
+
+    def agree_on_resume_path(self) -> str | None:
+        """Rank 0 picks the checkpoint and every rank loads that one: listings of a shared
+        store may differ for a moment between nodes, and a rank that loaded another step (or
+        none) would hang the job in the first collective."""
+        choice: tuple[str | None, str | None] = (None, None)
+        if self.runtime.is_main:
+            requested = os.environ.get("RESUME_FROM") or self.config.checkpoint.resume_from
+            try:
+                choice = (resolve_resume_path(self.store, requested), None)
+            except CheckpointStorageError as storage_error:
+                choice = (None, str(storage_error))
+        path, problem = broadcast_from_main(choice, self.runtime)
+        if problem is not None:
+            raise CheckpointStorageError(problem)
+        return path
 
     def train_step(self) -> tuple[torch.Tensor, float, torch.Tensor]:
         """One optimizer step over the global batch; returns (loss, data wait s, grad norm)."""
