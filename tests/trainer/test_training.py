@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_harness import TrainerRun, run_in_process
+from trainer_harness import TrainerRun, launch_trainer, run_in_process
 
 from diffusion_trainer.checkpoint import CheckpointStore
 from diffusion_trainer.data import latent_columns
@@ -105,6 +105,22 @@ def test_two_processes_match_one_process(
     two = stopped_two_process_run
     assert max(two.losses) >= 5, two.output[-3000:]
     assert_losses_match(two.losses, reference_run.losses)
+
+
+@pytest.mark.slow
+def test_accumulating_across_processes_matches_one_process(
+    tmp_path: Path, make_config: Callable[..., dict[str, Any]], reference_run: TrainerRun
+) -> None:
+    """2 processes x 2 accumulated micro-batches of 2, gradients reduced once per step."""
+    config = make_config(
+        tmp_path / "ckpt",
+        training={"microBatchSize": 2, "maxSteps": 4},
+        data={"train": {"numWorkers": 1}},
+    )
+    run = launch_trainer(tmp_path, config, nproc=2)
+    assert run.returncode == 0, run.output[-3000:]
+    assert sorted(run.losses) == [1, 2, 3, 4]
+    assert_losses_match(run.losses, reference_run.losses)
 
 
 def test_sigterm_writes_final_checkpoint_and_fails_the_pod(

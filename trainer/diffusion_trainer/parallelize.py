@@ -56,3 +56,9 @@ def parallelize_unet(
     if training.compile:
         compile_blocks(unet)
     return shard_unet(unet, mesh, training.precision)
+
+
+def set_gradient_sync(model: torch.nn.Module, enabled: bool) -> None:
+    """Whether the next backward reduce-scatters gradients (FSDP2; a no-op otherwise)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)

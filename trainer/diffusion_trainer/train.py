@@ -37,6 +37,7 @@ from diffusion_trainer.metrics import TrainerTelemetry
 from diffusion_trainer.model import text_embedding_dim
 from diffusion_trainer.objective import build_noise_scheduler
 from diffusion_trainer.optim import clip_gradients
+from diffusion_trainer.parallelize import set_gradient_sync
 from diffusion_trainer.preemption import StopRequest
 from diffusion_trainer.report import (
     EXIT_NONFINITE_LOSS,
@@ -141,7 +142,10 @@ class TrainingLoop:
         channels_last = self.config.training.channels_last
         loss_total = torch.zeros((), device=device)
         data_wait_s = 0.0
-        for _ in range(self.num_accum):
+        for micro in range(self.num_accum):
+            # Reduce-scatter gradients once per step, after the last micro-batch, instead of
+            # once per micro-batch; costs one unsharded fp32 gradient copy of memory.
+            set_gradient_sync(self.c.unet, micro == self.num_accum - 1)
             waited_from = time.perf_counter()
             batch = self.c.loader.next_batch()
             data_wait_s += time.perf_counter() - waited_from
