@@ -19,7 +19,17 @@ from diffusion_trainer.config import DatasetConfig, TrainerConfig
 from diffusion_trainer.data import TrainLoader, build_streaming_dataset
 from diffusion_trainer.data_precompute import load_encoders, merge_partitions, precompute_partition
 from diffusion_trainer.data_synth import COLOURS, SHAPES
-from diffusion_trainer.encoders import load_tokenizer, load_vae, vae_scaling_factor
+from diffusion_trainer.empty_caption import (
+    EMPTY_CAPTION_FILE,
+    encode_empty_caption,
+    load_empty_caption,
+)
+from diffusion_trainer.encoders import (
+    load_text_encoder,
+    load_tokenizer,
+    load_vae,
+    vae_scaling_factor,
+)
 from diffusion_trainer.step import prepare_precomputed
 
 
@@ -61,9 +71,34 @@ def test_latents_are_stored_raw_and_scaled_exactly_once(synth_dataset: Any) -> N
         pin_memory=False,
     )
     config = TrainerConfig.model_validate({"data": {"train": {"captionDropProb": 0.0}}})
-    inputs = prepare_precomputed(loader.next_batch(), config, torch.device("cpu"))
+    inputs = prepare_precomputed(loader.next_batch(), config, None, torch.device("cpu"))
     assert inputs.latents.std().item() == pytest.approx(1.0, rel=0.25)
     assert torch.allclose(inputs.latents[0], torch.from_numpy(raw[0]) * scale, atol=1e-3)
+
+
+def test_dropped_captions_are_the_encoded_empty_caption(synth_dataset: Any, tmp_path: Path) -> None:
+    """Stored once beside the dataset, fetched from `remote` like the shards, substituted for
+    every dropped caption: what a pipeline encodes for "" at inference."""
+    text = load_text_encoder(str(synth_dataset.encoders), torch.device("cpu"), torch.float32)
+    expected = torch.from_numpy(encode_empty_caption(text)).float()
+    cache = tmp_path / "cache"
+    dataset = DatasetConfig(remote=str(synth_dataset.latents), local=str(cache), shuffle=False)
+    stored = load_empty_caption(dataset)
+    assert stored is not None and (cache / EMPTY_CAPTION_FILE).is_file()
+    assert torch.equal(stored.float(), expected)
+    assert expected.abs().sum() > 0  # not the zeros it replaces
+    loader = make_loader(synth_dataset.latents, micro_batch_size=8)
+    batch = loader.next_batch()
+    config = TrainerConfig.model_validate({"data": {"train": {"captionDropProb": 0.5}}})
+    inputs = prepare_precomputed(batch, config, stored, torch.device("cpu"))
+    dropped = inputs.draws.drop_caption
+    assert 0 < int(dropped.sum()) < 8
+    for row, was_dropped in zip(inputs.text, dropped.tolist(), strict=True):
+        assert torch.equal(row, expected) is was_dropped
+
+
+def test_a_dataset_without_the_empty_caption_falls_back_to_zeros(tmp_path: Path) -> None:
+    assert load_empty_caption(DatasetConfig(local=str(tmp_path))) is None
 
 
 def make_loader(path: Path, micro_batch_size: int = 4) -> TrainLoader:
@@ -176,3 +211,5 @@ def test_data_command_synth_and_precompute(tmp_path: Path) -> None:
     )
     latents = LocalDataset(str(tmp_path / "latents"))
     assert len(latents) == 12 and latents[0]["latents"].shape == (4, 8, 8)
+    empty = np.load(tmp_path / "latents" / EMPTY_CAPTION_FILE)
+    assert empty.shape == latents[0]["text_hidden"].shape and empty.dtype == np.float16

@@ -13,6 +13,7 @@ from diffusion_trainer.config import TrainerConfig
 from diffusion_trainer.data import TrainLoader, build_streaming_dataset
 from diffusion_trainer.distributed import Runtime
 from diffusion_trainer.ema import ShardedEma
+from diffusion_trainer.empty_caption import load_empty_caption
 from diffusion_trainer.encoders import (
     TextEncoder,
     load_text_encoder,
@@ -55,6 +56,7 @@ class Components:
     objective: DiffusionObjective
     loader: TrainLoader
     encoders: OnlineEncoders | None
+    empty_caption: torch.Tensor | None = None  # precomputed latents: the encoded ""
 
 
 def build_model(config: TrainerConfig, runtime: Runtime) -> DiffusersModel:
@@ -125,4 +127,7 @@ def build_components(config: TrainerConfig, runtime: Runtime) -> Components:
         objective=DiffusionObjective(config.model, runtime.device),
         loader=build_loader(config, runtime),
         encoders=build_online_encoders(config, runtime),
+        empty_caption=(
+            load_empty_caption(config.data.train) if config.data.train.precomputed_latents else None
+        ),
     )

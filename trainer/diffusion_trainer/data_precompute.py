@@ -21,6 +21,7 @@ from streaming.base.local import LocalDataset
 from streaming.base.util import merge_index
 
 from diffusion_trainer.data import latent_columns, load_image_pixels
+from diffusion_trainer.empty_caption import write_empty_caption
 from diffusion_trainer.encoders import (
     TextEncoder,
     encode_images,
@@ -164,6 +165,8 @@ def precompute_latents(
         resolution=resolution,
         batch_size=batch_size,
     )
+    if rank == 0:
+        write_empty_caption(encoders.text, out)
     if world_size == 1:
         return num_written
     counts = [0] * world_size

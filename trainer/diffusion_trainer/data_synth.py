@@ -22,6 +22,7 @@ from streaming.base.local import LocalDataset
 
 from diffusion_trainer.data import RAW_COLUMNS, load_image_pixels
 from diffusion_trainer.data_precompute import iterate_batches, load_encoders, write_latent_records
+from diffusion_trainer.empty_caption import write_empty_caption
 from diffusion_trainer.tiny_encoders import write_tiny_encoders
 
 COLOURS = {
@@ -114,4 +115,5 @@ def write_synthetic_dataset(
         dataset = LocalDataset(str(paths.raw))
         batches = iterate_batches(dataset, range(len(dataset)), resolution, batch_size=64)
         write_latent_records(encoders, batches, str(paths.latents))
+        write_empty_caption(encoders.text, str(paths.latents))
     return paths

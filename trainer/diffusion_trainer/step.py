@@ -16,7 +16,7 @@ from diffusion_trainer.objective import SampleNoise, draw_sample_noise
 @dataclass
 class MicroInputs:
     latents: torch.Tensor  # scaled latents, fp32
-    text: torch.Tensor  # text hidden states, fp32, zeroed where the caption was dropped
+    text: torch.Tensor  # text hidden states, fp32; the encoded "" where the caption was dropped
     draws: SampleNoise
 
 
@@ -33,13 +33,22 @@ def draw_for_batch(
     )
 
 
-def prepare_precomputed(batch: Batch, config: TrainerConfig, device: torch.device) -> MicroInputs:
+def prepare_precomputed(
+    batch: Batch, config: TrainerConfig, empty_caption: torch.Tensor | None, device: torch.device
+) -> MicroInputs:
     raw = batch.fields["latents"].to(device, torch.float32, non_blocking=True)
     scale = batch.fields["latent_scale"].to(device, torch.float32).view(-1, 1, 1, 1)
     latents = raw * scale  # the only place the VAE scale factor is applied
     draws = draw_for_batch(batch, config, tuple(latents.shape[1:]))
     text = batch.fields["text_hidden"].to(device, torch.float32, non_blocking=True)
-    text = text.masked_fill(draws.drop_caption.to(device).view(-1, 1, 1), 0.0)
+    dropped = draws.drop_caption.to(device).view(-1, 1, 1)
+    # A dropped caption is the encoded "" (as on the raw-image path and at inference).
+    unconditional = (
+        torch.zeros((), device=device)
+        if empty_caption is None
+        else empty_caption.to(device, torch.float32)
+    )
+    text = torch.where(dropped, unconditional, text)
     return MicroInputs(latents=latents, text=text, draws=draws)
 
 
@@ -62,7 +71,7 @@ def prepare_inputs(
     batch: Batch, config: TrainerConfig, components: Components, device: torch.device
 ) -> MicroInputs:
     if components.encoders is None:
-        return prepare_precomputed(batch, config, device)
+        return prepare_precomputed(batch, config, components.empty_caption, device)
     return prepare_online(batch, config, components.encoders, device)
 
 
