@@ -160,13 +160,17 @@ def test_gang_restart_resumes_from_checkpoint_after_old_pods_are_gone(
     assert dtjs.status("gang")["restarts"] == 1
 
 
+def start_then_suspend(dtjs, name: str, spec: dict) -> None:
+    """A 2-worker job that ran, then suspended with its pods gone."""
+    dtjs.create(name, spec)
+    dtjs.running_pods(name, attempt=1, count=2)
+    dtjs.patch_spec(name, {"runPolicy": {"suspend": True}})
+    dtjs.wait_phase(name, "Suspended")
+    wait_until(lambda: not dtjs.pods(name), 60, "suspended job's pods to be deleted")
+
+
 def test_suspend_deletes_pods_and_resume_brings_them_back(dtjs, make_gpu_pool, operator, job_spec):
-    pool = make_gpu_pool(num_nodes=2)
-    dtjs.create("pause", job_spec(pool))
-    dtjs.running_pods("pause", attempt=1, count=2)
-    dtjs.patch_spec("pause", {"runPolicy": {"suspend": True}})
-    dtjs.wait_phase("pause", "Suspended")
-    wait_until(lambda: not dtjs.pods("pause"), 60, "suspended job's pods to be deleted")
+    start_then_suspend(dtjs, "pause", job_spec(make_gpu_pool(num_nodes=2)))
     assert dtjs.jobs("pause")[0].spec.suspend is True
     dtjs.patch_spec("pause", {"runPolicy": {"suspend": False}})
     dtjs.running_pods("pause", attempt=1, count=2)
@@ -177,12 +181,7 @@ def test_suspend_deletes_pods_and_resume_brings_them_back(dtjs, make_gpu_pool, o
 def test_a_spec_changed_while_suspended_resumes_as_a_new_attempt(
     dtjs, make_gpu_pool, operator, job_spec
 ):
-    pool = make_gpu_pool(num_nodes=3)
-    dtjs.create("grow", job_spec(pool))
-    dtjs.running_pods("grow", attempt=1, count=2)
-    dtjs.patch_spec("grow", {"runPolicy": {"suspend": True}})
-    dtjs.wait_phase("grow", "Suspended")
-    wait_until(lambda: not dtjs.pods("grow"), 60, "suspended job's pods to be deleted")
+    start_then_suspend(dtjs, "grow", job_spec(make_gpu_pool(num_nodes=3)))
     resized = {"nodes": 3}
     dtjs.patch_spec("grow", {"resources": resized, "training": {"globalBatchSize": 16 * 3 * 8}})
     dtjs.patch_spec("grow", {"runPolicy": {"suspend": False}})
