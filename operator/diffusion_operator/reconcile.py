@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from diffusion_operator.lifecycle import (
     plan_refused_attempt,
 )
 from diffusion_operator.observed import Observed, WorkerPod
+from diffusion_operator.pass_gate import exclusive_pass, forget_lock
 from diffusion_operator.progress import mark_stale, newer_checkpoint, progress_from_reading
 from diffusion_operator.progress_client import fetch_progress
 from diffusion_operator.render import render_trainer_config
@@ -34,20 +34,11 @@ from diffusion_operator.worker_job import build_worker_job
 from diffusion_trainer.config import ConfigError, TrainerConfig
 
 INVALID = (400, 422)  # the API server refuses the object itself: retrying cannot help
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def lock_for(key: str) -> threading.Lock:
-    """Handlers and timers may fire together; one pass per job at a time."""
-    with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())
 
 
 def forget_job(key: str) -> None:
     """A deleted job: drop its lock and its per-job metric state."""
-    with _locks_guard:
-        _locks.pop(key, None)
+    forget_lock(key)
     metrics.forget_job_metrics(key)
 
 
@@ -96,33 +87,40 @@ def reconcile(
     that an earlier pass has already changed. Status is written before the pass acts, so a
     crash in between leaves a status from which the next pass re-derives the missing actions
     (a restart that was counted but whose old Job was not yet deleted, say), never the reverse."""
-    with lock_for(f"{namespace}/{name}"), metrics.RECONCILE_DURATION.time():
-        try:
-            body = kube.get_training_job(namespace, name)
-        except ApiException as error:
-            if error.status == NOT_FOUND:
-                return None  # deleted: owner references clean up the children
+    with exclusive_pass(f"{namespace}/{name}") as runs:
+        if not runs:
+            return None  # a pass queued for this job has not read anything yet: it covers us
+        with metrics.RECONCILE_DURATION.time():
+            return run_pass(kube, namespace, name, settings, log)
+
+
+def run_pass(
+    kube: Kube, namespace: str, name: str, settings: OperatorSettings, log: Logger
+) -> Plan | None:
+    try:
+        body = kube.get_training_job(namespace, name)
+    except ApiException as error:
+        if error.status == NOT_FOUND:
+            return None  # deleted: owner references clean up the children
+        raise
+    owner = Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
+    old_status = body.get("status") or {}
+    plan, observed = plan_for(body, owner, kube, settings)
+    if observed is not None and plan.spec is not None:
+        read_progress(plan, observed, owner, settings)
+        record_metrics(plan, observed, old_status, owner)
+    write_status(kube, owner, old_status, plan)
+    try:
+        execute_plan(plan, owner, kube, log)
+    except ApiException as error:
+        if error.status not in INVALID or plan.create_attempt is None or plan.spec is None:
             raise
-        owner = Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
-        old_status = body.get("status") or {}
-        plan, observed = plan_for(body, owner, kube, settings)
-        if observed is not None and plan.spec is not None:
-            read_progress(plan, observed, owner, settings)
-            record_metrics(plan, observed, old_status, owner)
-        write_status(kube, owner, old_status, plan)
-        try:
-            execute_plan(plan, owner, kube, log)
-        except ApiException as error:
-            if error.status not in INVALID or plan.create_attempt is None or plan.spec is None:
-                raise
-            job = JobState(
-                name, namespace, body["metadata"].get("generation"), plan.spec, plan.status
-            )
-            refused = plan_refused_attempt(job, api_error_message(error), datetime.now(UTC))
-            write_status(kube, owner, plan.status, refused)
-            execute_plan(refused, owner, kube, log)
-            return refused
-        return plan
+        job = JobState(name, namespace, body["metadata"].get("generation"), plan.spec, plan.status)
+        refused = plan_refused_attempt(job, api_error_message(error), datetime.now(UTC))
+        write_status(kube, owner, plan.status, refused)
+        execute_plan(refused, owner, kube, log)
+        return refused
+    return plan
 
 
 def write_status(kube: Kube, owner: Owner, old_status: dict[str, Any], plan: Plan) -> None:
