@@ -43,6 +43,14 @@ def progress_from_reading(reading: dict[str, Any], now: str) -> dict[str, Any]:
     }
 
 
+def fold_reading(current: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The fresh progress, or the current one if only the read time differs: a status write
+    (and a watch event for every `kubectl get -w`) only when something a user sees changed."""
+    if current and {**current, "updatedAt": None} == {**fresh, "updatedAt": None}:
+        return current
+    return fresh
+
+
 def mark_stale(progress: dict[str, Any] | None) -> dict[str, Any] | None:
     """Keep the last known values, flagged; never an error."""
     if not progress or progress.get("stale"):

@@ -25,7 +25,12 @@ from diffusion_operator.lifecycle import (
 )
 from diffusion_operator.observed import Observed, WorkerPod
 from diffusion_operator.pass_gate import exclusive_pass, forget_lock
-from diffusion_operator.progress import mark_stale, newer_checkpoint, progress_from_reading
+from diffusion_operator.progress import (
+    fold_reading,
+    mark_stale,
+    newer_checkpoint,
+    progress_from_reading,
+)
 from diffusion_operator.progress_client import fetch_progress
 from diffusion_operator.render import render_trainer_config
 from diffusion_operator.settings import OperatorSettings
@@ -176,7 +181,8 @@ def read_progress(plan: Plan, observed: Observed, owner: Owner, settings: Operat
     if reading is None:
         plan.status["progress"] = mark_stale(plan.status.get("progress"))
         return
-    plan.status["progress"] = progress_from_reading(reading, format_time(datetime.now(UTC)))
+    fresh = progress_from_reading(reading, format_time(datetime.now(UTC)))
+    plan.status["progress"] = fold_reading(plan.status.get("progress"), fresh)
     checkpoint = newer_checkpoint(plan.status.get("checkpoint"), reading)
     if checkpoint:
         plan.status["checkpoint"] = checkpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from diffusion_operator.progress import (
+    fold_reading,
     format_eta,
     mark_stale,
     newer_checkpoint,
@@ -39,6 +40,15 @@ def test_non_finite_values_become_null_so_the_status_patch_stays_valid_json():
     assert (progress["loss"], progress["imagesPerSecond"], progress["etaSeconds"]) == (None,) * 3
     assert progress["eta"] is None
     assert progress["step"] == 120
+
+
+def test_a_reading_that_changes_nothing_keeps_the_status_as_it_is():
+    first = progress_from_reading(READING, "2026-11-29T12:01:00Z")
+    same = progress_from_reading(READING, "2026-11-29T12:01:05Z")
+    assert fold_reading(first, same) is first  # no status write
+    moved = progress_from_reading({**READING, "step": 130}, "2026-11-29T12:01:10Z")
+    assert fold_reading(first, moved) == moved
+    assert fold_reading(mark_stale(first), same) == same  # reachable again: not stale
 
 
 def test_eta_formats():
