@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from diffusion_trainer.config import TrainerConfig
 from diffusion_trainer.data import TrainLoader, build_streaming_dataset
-from diffusion_trainer.distributed import Runtime
+from diffusion_trainer.distributed import Runtime, broadcast_from_main
 from diffusion_trainer.ema import ShardedEma
 from diffusion_trainer.empty_caption import load_empty_caption
 from diffusion_trainer.encoders import (
@@ -109,6 +109,15 @@ def build_loader(config: TrainerConfig, runtime: Runtime) -> TrainLoader:
     )
 
 
+def agree_on_empty_caption(config: TrainerConfig, runtime: Runtime) -> torch.Tensor | None:
+    """Rank 0 loads it and every rank trains on that one: a fetch that failed on one node
+    must not make its ranks learn another unconditional input."""
+    if not config.data.train.precomputed_latents:
+        return None
+    loaded = load_empty_caption(config.data.train) if runtime.is_main else None
+    return broadcast_from_main(loaded, runtime)
+
+
 def build_components(config: TrainerConfig, runtime: Runtime) -> Components:
     unet = build_model(config, runtime)
     optimizer = build_optimizer(unet, config.training)
@@ -127,7 +136,5 @@ def build_components(config: TrainerConfig, runtime: Runtime) -> Components:
         objective=DiffusionObjective(config.model, runtime.device),
         loader=build_loader(config, runtime),
         encoders=build_online_encoders(config, runtime),
-        empty_caption=(
-            load_empty_caption(config.data.train) if config.data.train.precomputed_latents else None
-        ),
+        empty_caption=agree_on_empty_caption(config, runtime),
     )

@@ -129,8 +129,8 @@ class TrainingLoop:
             requested = os.environ.get("RESUME_FROM") or self.config.checkpoint.resume_from
             try:
                 choice = (resolve_resume_path(self.store, requested), None)
-            except CheckpointStorageError as storage_error:
-                choice = (None, str(storage_error))
+            except Exception as storage_error:  # every rank must hear of it, or they hang
+                choice = (None, f"{type(storage_error).__name__}: {storage_error}")
         path, problem = broadcast_from_main(choice, self.runtime)
         if problem is not None:
             raise CheckpointStorageError(problem)
