@@ -39,6 +39,14 @@ def counted(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+class NameInUseError(Exception):
+    """A Job of the attempt's name belongs to someone else (a deleted job of the same name)."""
+
+    def __init__(self, job_name: str) -> None:
+        super().__init__(job_name)
+        self.job_name = job_name
+
+
 def is_owned_by(obj: Any, owner_uid: str) -> bool:
     return any(ref.uid == owner_uid for ref in obj.metadata.owner_references or [])
 
@@ -63,9 +71,11 @@ class Kube:
         selector = f"{c.LABEL_JOB_NAME}={job_name},{c.LABEL_ROLE}=worker"
         jobs = self.batch.list_namespaced_job(namespace, label_selector=selector).items
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        ours = [p for p in pods if is_labelled_for(p, owner_uid)]
         return Observed(
             jobs=[to_attempt_job(j) for j in jobs if is_owned_by(j, owner_uid)],
-            pods=[to_worker_pod(p) for p in pods if is_labelled_for(p, owner_uid)],
+            pods=[to_worker_pod(p) for p in ours],
+            num_foreign_pods=len(pods) - len(ours),
         )
 
     @counted
@@ -86,10 +96,15 @@ class Kube:
 
     @counted
     def create_job(self, body: dict[str, Any]) -> None:
+        """Create, or accept the Job of this name if it is already ours (a retried pass)."""
+        meta = body["metadata"]
         try:
-            self.batch.create_namespaced_job(body["metadata"]["namespace"], body)
+            self.batch.create_namespaced_job(meta["namespace"], body)
         except ApiException as error:
             _ignore(CONFLICT, error)
+            existing = self.batch.read_namespaced_job(meta["name"], meta["namespace"])
+            if not is_owned_by(existing, meta["ownerReferences"][0]["uid"]):
+                raise NameInUseError(meta["name"]) from error
 
     @counted
     def delete_job(self, namespace: str, name: str) -> None:

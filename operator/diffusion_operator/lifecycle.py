@@ -148,6 +148,13 @@ class _Planner:
         self.status["specError"] = error
 
     def finish_terminal(self) -> None:
+        if self.old_phase == "Failed":
+            # Level-based: a delete that did not happen when the job failed happens now.
+            self.plan.delete_jobs.extend(
+                job.name
+                for job in self.observed.jobs
+                if not (job.complete or job.failed or job.deleting)
+            )
         ttl = self.spec.run_policy.ttl_seconds_after_finished
         finished = parse_time(self.status.get("completionTime"))
         if ttl is None or finished is None:
@@ -198,6 +205,15 @@ class _Planner:
         if self.job.config_error:
             self.fail("InvalidSpec", self.job.config_error)
             return
+        if self.observed.num_foreign_pods:
+            # A deleted job of the same name: its pods would share our pods' DNS names.
+            message = (
+                f"waiting for {self.observed.num_foreign_pods} worker pods of a deleted job "
+                "with the same name to terminate"
+            )
+            self.set_phase(self.old_phase or "Pending", "WaitingForOldWorkers", message)
+            self.requeue(1.0)
+            return
         suspended = self.spec.run_policy.suspend or bool(self.spec.run_policy.queue_name)
         checkpoint = self.status.get("checkpoint") or {}
         self.plan.create_attempt = attempt
@@ -209,8 +225,10 @@ class _Planner:
         self.status["workers"] = {"desired": self.spec.resources.nodes, "ready": 0}
         if suspended:
             self.set_suspended()
-        elif attempt == 1:
-            self.set_phase("Pending", "Created", f"created attempt 1 with {self.nodes} workers")
+        elif self.old_phase in (None, "Pending"):  # the first attempt, or a new spec
+            self.set_phase(
+                "Pending", "Created", f"created attempt {attempt} with {self.nodes} workers"
+            )
         else:
             self.set_phase(
                 "Restarting",
@@ -384,6 +402,19 @@ def plan_refused_attempt(job: JobState, message: str, now: datetime) -> Plan:
     CRD passes through): retrying cannot help, so the job fails with the server's words."""
     planner = _Planner(job, Observed(), now)
     planner.set_phase("Failed", "InvalidPodTemplate", f"the worker Job was refused: {message}")
+    return planner.plan
+
+
+def plan_name_in_use(job: JobState, job_name: str, now: datetime) -> Plan:
+    """The attempt's Job name is taken by a Job that is not ours (a deleted job of the same
+    name, still being collected or orphaned): say so and try again on the next pass."""
+    planner = _Planner(job, Observed(), now)
+    planner.set_phase(
+        str(job.status.get("phase") or "Pending"),
+        "WaitingForOldJob",
+        f"Job {job_name} belongs to a deleted job of the same name; waiting for it to go "
+        f"(delete it if it was orphaned)",
+    )
     return planner.plan
 
 

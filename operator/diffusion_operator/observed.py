@@ -39,6 +39,8 @@ class AttemptJob:
 class Observed:
     jobs: list[AttemptJob] = field(default_factory=list)
     pods: list[WorkerPod] = field(default_factory=list)
+    # Pods of a deleted job with the same name (another uid), not yet gone.
+    num_foreign_pods: int = 0
 
     def job(self, attempt: int) -> AttemptJob | None:
         return next((j for j in self.jobs if j.attempt == attempt and not j.deleting), None)

@@ -35,6 +35,9 @@ def exclusive_pass(key: str) -> Iterator[bool]:
 
 
 def forget_lock(key: str) -> None:
-    """A deleted job's lock (a pass still holding it finishes undisturbed)."""
+    """A deleted job's lock, unless a pass holds it or waits for it: a job re-created under
+    the same name must not get a second lock while that pass runs."""
     with _guard:
-        _locks.pop(key, None)
+        lock = _locks.get(key)
+        if lock is not None and not lock.locked() and key not in _queued:
+            del _locks[key]

@@ -14,12 +14,13 @@ from pydantic import ValidationError
 
 from diffusion_operator import metrics, names
 from diffusion_operator.builders import Owner, build_config_map, build_service
-from diffusion_operator.kube import NOT_FOUND, Kube
+from diffusion_operator.kube import NOT_FOUND, Kube, NameInUseError
 from diffusion_operator.lifecycle import (
     JobEvent,
     JobState,
     Plan,
     format_time,
+    plan_name_in_use,
     plan_reconcile,
     plan_refused_attempt,
 )
@@ -115,16 +116,23 @@ def run_pass(
         read_progress(plan, observed, owner, settings)
         record_metrics(plan, observed, old_status, owner)
     write_status(kube, owner, old_status, plan)
+    post_events(plan, owner, kube, log)  # before acting: a failed action must not lose them
     try:
-        execute_plan(plan, owner, kube, log)
-    except ApiException as error:
-        if error.status not in INVALID or plan.create_attempt is None or plan.spec is None:
+        execute_plan(plan, owner, kube)
+    except (ApiException, NameInUseError) as error:
+        if plan.spec is None or plan.create_attempt is None:
             raise
         job = JobState(name, namespace, body["metadata"].get("generation"), plan.spec, plan.status)
-        refused = plan_refused_attempt(job, api_error_message(error), datetime.now(UTC))
-        write_status(kube, owner, plan.status, refused)
-        execute_plan(refused, owner, kube, log)
-        return refused
+        now = datetime.now(UTC)
+        if isinstance(error, NameInUseError):
+            after = plan_name_in_use(job, error.job_name, now)
+        elif error.status in INVALID:
+            after = plan_refused_attempt(job, api_error_message(error), now)
+        else:
+            raise
+        write_status(kube, owner, plan.status, after)
+        post_events(after, owner, kube, log)
+        return after
     return plan
 
 
@@ -208,7 +216,12 @@ def record_metrics(plan: Plan, observed: Observed, old_status: dict, owner: Owne
         metrics.RESTARTS.labels(namespace=owner.namespace, job=owner.name, reason=reason).inc()
 
 
-def execute_plan(plan: Plan, owner: Owner, kube: Kube, log: Logger) -> None:
+def post_events(plan: Plan, owner: Owner, kube: Kube, log: Logger) -> None:
+    for event in plan.events:
+        post_event(kube, owner, event, log)
+
+
+def execute_plan(plan: Plan, owner: Owner, kube: Kube) -> None:
     for job_name in plan.delete_jobs:
         kube.delete_job(owner.namespace, job_name)
     for job_name, suspend in plan.set_suspend.items():
@@ -218,8 +231,6 @@ def execute_plan(plan: Plan, owner: Owner, kube: Kube, log: Logger) -> None:
             owner, plan.spec, plan.create_attempt, plan.resume_from, plan.create_suspended
         )
         kube.create_job(body)
-    for event in plan.events:
-        post_event(kube, owner, event, log)
     if plan.delete_self:
         kube.delete_training_job(owner.namespace, owner.name)
 

@@ -230,6 +230,69 @@ def test_ttl_deletes_a_finished_job_and_its_children(dtjs, make_gpu_pool, operat
     wait_until(lambda: not dtjs.jobs("brief"), 60, "the garbage collector to delete its Job")
 
 
+def test_a_job_recreated_under_its_name_waits_for_the_old_ones_children(
+    dtjs, make_gpu_pool, operator, job_spec
+):
+    spec = job_spec(make_gpu_pool(num_nodes=2))
+    first = dtjs.create("twin", spec)
+    dtjs.running_pods("twin", attempt=1, count=2)
+    dtjs.custom.delete_namespaced_custom_object(
+        "diffusion.dev", "v1alpha1", dtjs.namespace, "diffusiontrainingjobs", "twin",
+        propagation_policy="Orphan",
+    )  # fmt: skip
+    wait_until(lambda: not dtjs.custom.list_namespaced_custom_object(
+        "diffusion.dev", "v1alpha1", dtjs.namespace, "diffusiontrainingjobs")["items"],
+        60, "the first twin to go")  # fmt: skip
+    second = dtjs.create("twin", spec)
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    wait_until(
+        lambda: dtjs.condition("twin", "Running").get("reason") == "WaitingForOldWorkers",
+        60,
+        "the new job to wait for the old workers",
+    )
+    assert [j.metadata.name for j in dtjs.jobs("twin")] == ["twin-a1"]  # still the old one
+    dtjs.batch.delete_namespaced_job("twin-a1", dtjs.namespace, propagation_policy="Background")
+    wait_until(
+        lambda: any(
+            ref.uid == second["metadata"]["uid"]
+            for job in dtjs.jobs("twin")
+            for ref in job.metadata.owner_references or []
+        ),
+        90,
+        "the new job's own attempt",
+    )
+    dtjs.running_pods("twin", attempt=1, count=2, timeout_s=90)
+    dtjs.wait_phase("twin", "Running")
+
+
+def test_a_job_whose_attempt_name_is_taken_says_so_and_waits(
+    dtjs, make_gpu_pool, operator, job_spec
+):
+    squatter = {
+        "metadata": {"name": "solo-a1"},
+        "spec": {
+            "suspend": True,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "busybox"}],
+                }
+            },
+        },
+    }
+    dtjs.batch.create_namespaced_job(dtjs.namespace, squatter)
+    dtjs.create("solo", job_spec(make_gpu_pool(num_nodes=2)))
+    wait_until(
+        lambda: dtjs.condition("solo", "Running").get("reason") == "WaitingForOldJob",
+        60,
+        "the name conflict to be reported",
+    )
+    assert "solo-a1" in dtjs.condition("solo", "Running")["message"]
+    dtjs.batch.delete_namespaced_job("solo-a1", dtjs.namespace, propagation_policy="Background")
+    dtjs.running_pods("solo", attempt=1, count=2, timeout_s=90)
+    dtjs.wait_phase("solo", "Running")
+
+
 def test_deleting_a_running_job_leaves_no_orphans(dtjs, make_gpu_pool, operator, job_spec):
     pool = make_gpu_pool(num_nodes=2)
     dtjs.create("doomed", job_spec(pool))

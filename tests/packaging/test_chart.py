@@ -28,6 +28,7 @@ OPERATOR_PERMISSIONS = {
     ("diffusion.dev", "diffusiontrainingjobs", "delete"),  # TTL after finish
     ("diffusion.dev", "diffusiontrainingjobs/status", "patch"),  # status
     ("diffusion.dev", "diffusiontrainingjobs/finalizers", "update"),  # blockOwnerDeletion
+    ("batch", "jobs", "get"),  # whose Job holds the attempt's name
     ("batch", "jobs", "list"),  # observe attempts
     ("batch", "jobs", "watch"),  # a change triggers a pass
     ("batch", "jobs", "create"),  # one Indexed Job per attempt

@@ -180,6 +180,9 @@ def test_resume_after_a_spec_change_replaces_the_suspended_attempt():
     assert changed.status["attempt"] == 2
     assert changed.status["restarts"] == 0  # not a failure
     assert condition(changed, "Running")["reason"] == "SpecChanged"
+    recreated = plan_reconcile(state(dict(changed.status), resources={"nodes": 4}), Observed(), NOW)
+    assert recreated.create_attempt == 2
+    assert recreated.status["phase"] == "Pending"  # a new spec, not a failure
 
 
 def test_active_deadline_does_not_count_time_suspended():
@@ -251,6 +254,22 @@ def test_active_deadline_fails_and_stops_workers():
     plan = plan_reconcile(state(status, runPolicy={"activeDeadlineSeconds": 60}), observed, NOW)
     assert condition(plan, "Failed")["reason"] == "DeadlineExceeded"
     assert plan.delete_jobs == ["sd-a1"]
+
+
+def test_a_failed_job_whose_workers_were_not_stopped_stops_them_on_the_next_pass():
+    failed = {**running_status(), "phase": "Failed", "completionTime": format_time(NOW)}
+    observed = Observed([job(), AttemptJob(name="sd-a0", attempt=0, suspended=False, failed=True)])
+    plan = plan_reconcile(state(failed), observed, NOW)
+    assert plan.delete_jobs == ["sd-a1"]  # the failed one keeps its pods for their logs
+    assert plan.status["phase"] == "Failed"
+
+
+def test_pods_of_a_deleted_namesake_hold_back_the_next_attempt():
+    plan = plan_reconcile(state(), Observed(num_foreign_pods=2), NOW)
+    assert plan.create_attempt is None
+    assert condition(plan, "Running")["reason"] == "WaitingForOldWorkers"
+    assert "deleted job with the same name" in condition(plan, "Running")["message"]
+    assert plan_reconcile(state(dict(plan.status)), Observed(), NOW).create_attempt == 1
 
 
 def test_ttl_deletes_a_finished_job_only_when_due():

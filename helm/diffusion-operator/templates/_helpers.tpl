@@ -75,10 +75,11 @@ reference them by name; the operator never reads them) and no wildcards.
 - apiGroups: ["diffusion.dev"]
   resources: ["diffusiontrainingjobs/finalizers"]
   verbs: ["update"]
-# One Indexed Job per attempt: watched (a change triggers a pass), suspended/resumed by patch.
+# One Indexed Job per attempt: watched (a change triggers a pass), suspended/resumed by patch,
+# read when its name is taken (ours from a retried pass, or a deleted namesake's).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Worker pods are only observed (phase, exit codes, scheduling); a change triggers a pass.
 - apiGroups: [""]
   resources: ["pods"]
