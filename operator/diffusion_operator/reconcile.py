@@ -42,6 +42,10 @@ from diffusion_trainer.config import ConfigError, TrainerConfig
 INVALID = (400, 422)  # the API server refuses the object itself: retrying cannot help
 
 
+class AttemptRefusedError(Exception):
+    """The API server refused an attempt's Job as invalid; the message is the server's."""
+
+
 def forget_job(key: str) -> None:
     """A deleted job: drop its lock and its per-job metric state."""
     forget_lock(key)
@@ -119,17 +123,14 @@ def run_pass(
     post_events(plan, owner, kube, log)  # before acting: a failed action must not lose them
     try:
         execute_plan(plan, owner, kube)
-    except (ApiException, NameInUseError) as error:
-        if plan.spec is None or plan.create_attempt is None:
-            raise
+    except (AttemptRefusedError, NameInUseError) as error:
+        assert plan.spec is not None  # only raised by an attempt's creation
         job = JobState(name, namespace, body["metadata"].get("generation"), plan.spec, plan.status)
         now = datetime.now(UTC)
         if isinstance(error, NameInUseError):
             after = plan_name_in_use(job, error.job_name, now)
-        elif error.status in INVALID:
-            after = plan_refused_attempt(job, api_error_message(error), now)
         else:
-            raise
+            after = plan_refused_attempt(job, str(error), now)
         write_status(kube, owner, plan.status, after)
         post_events(after, owner, kube, log)
         return after
@@ -230,7 +231,12 @@ def execute_plan(plan: Plan, owner: Owner, kube: Kube) -> None:
         body = build_worker_job(
             owner, plan.spec, plan.create_attempt, plan.resume_from, plan.create_suspended
         )
-        kube.create_job(body)
+        try:
+            kube.create_job(body)
+        except ApiException as error:
+            if error.status in INVALID:
+                raise AttemptRefusedError(api_error_message(error)) from error
+            raise
     if plan.delete_self:
         kube.delete_training_job(owner.namespace, owner.name)
 
