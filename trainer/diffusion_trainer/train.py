@@ -185,9 +185,7 @@ class TrainingLoop:
         )
         log.info("model FLOPs per training image (fwd+bwd): %.3f GFLOP", self.flops_per_image / 1e9)
 
-    def report(
-        self, stats: IntervalStats, grad_norm: torch.Tensor | None, epoch: int
-    ) -> StepReport:
+    def report(self, stats: IntervalStats, grad_norm: torch.Tensor, epoch: int) -> StepReport:
         assert stats.loss_sum is not None
         loss = mean_across_ranks(stats.loss_sum / stats.num_steps)  # syncs the device
         elapsed_s = time.perf_counter() - stats.started_at
@@ -205,7 +203,7 @@ class TrainingLoop:
             data_wait_s=stats.data_wait_s / stats.num_steps,
             optimizer_s=self.optimizer_timer.take_total_s() / stats.num_steps,
             step_time_s=elapsed_s / stats.num_steps,
-            grad_norm=None if grad_norm is None else float(grad_norm),
+            grad_norm=float(grad_norm),
             epoch=epoch,
         )
 
