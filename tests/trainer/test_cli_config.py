@@ -19,7 +19,13 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     path = tmp_path / "config.yaml"
     path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
-    command = [sys.executable, "-m", "diffusion_trainer", "--config", str(path)]
+    return run_command([sys.executable, "-m", "diffusion_trainer", "--config", str(path)], **env)
+
+
+def run_command(
+    command: list[str], timeout_s: float = 60, **env: str
+) -> subprocess.CompletedProcess:
+    """A trainer process from the repository root, output captured, never raising."""
     return subprocess.run(
         command,
         check=False,
@@ -27,7 +33,7 @@ def run_cli(
         text=True,
         cwd=REPO_ROOT,
         env=child_env(**env),
-        timeout=60,
+        timeout=timeout_s,
     )
 
 
@@ -86,14 +92,8 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     result = run_cli("training: [unclosed", tmp_path)
     assert result.returncode == CONFIG_ERROR
     assert "not valid YAML" in result.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "diffusion_trainer", "--config", str(tmp_path / "none.yaml")],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=child_env(),
-        timeout=60,
+    missing = run_command(
+        [sys.executable, "-m", "diffusion_trainer", "--config", str(tmp_path / "none.yaml")]
     )
     assert missing.returncode == CONFIG_ERROR
     assert "cannot read trainer config" in missing.stderr
@@ -168,15 +168,7 @@ def test_indivisible_batch_under_torchrun_fails_before_process_group(
         "--config",
         str(path),
     ]
-    result = subprocess.run(
-        command,
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=child_env(),
-        timeout=120,
-    )
+    result = run_command(command, timeout_s=120)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     # Each rank checks on its own (torchrun may stop the others once the first one exits).
