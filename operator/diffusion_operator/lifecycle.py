@@ -109,7 +109,7 @@ class _Planner:
 
     def fail(self, reason: str, message: str) -> None:
         job = self.observed.job(self.attempt)
-        if job and not (job.failed or job.complete):
+        if job and not job.finished:
             self.plan.delete_jobs.append(job.name)  # stops the workers that still run
         self.set_phase("Failed", reason, message)
 
@@ -135,7 +135,7 @@ class _Planner:
 
     def attempt_is_active(self) -> bool:
         job = self.observed.job(self.attempt) if self.attempt else None
-        return job is not None and not (job.complete or job.failed)
+        return job is not None and not job.finished
 
     def note_spec_error(self) -> None:
         """A spec edit that cannot be rendered while an attempt runs: the attempt keeps its
@@ -151,9 +151,7 @@ class _Planner:
         if self.old_phase == "Failed":
             # Level-based: a delete that did not happen when the job failed happens now.
             self.plan.delete_jobs.extend(
-                job.name
-                for job in self.observed.jobs
-                if not (job.complete or job.failed or job.deleting)
+                job.name for job in self.observed.jobs if not (job.finished or job.deleting)
             )
         ttl = self.spec.run_policy.ttl_seconds_after_finished
         finished = parse_time(self.status.get("completionTime"))

@@ -34,6 +34,10 @@ class AttemptJob:
     deleting: bool = False
     spec_hash: str | None = None  # None: made before the annotation existed
 
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed
+
 
 @dataclass(frozen=True)
 class Observed:
