@@ -11,6 +11,34 @@ _PROCESSES_PER_NODE = (
 _RANKS_X_MICRO = f"self.resources.nodes * {_PROCESSES_PER_NODE} * self.training.microBatchSize"
 
 
+# What the trainer image can open: local/PVC paths and these fsspec schemes (s3fs, gcsfs).
+URI_SCHEMES = ("s3", "gs", "gcs", "file")
+_URI_FIELDS = (
+    "checkpoint.uri",
+    "checkpoint.resumeFrom",
+    "data.train.remote",
+    "data.eval.remote",
+)
+
+
+def _uri_rule(path: str) -> dict[str, JsonValue]:
+    """A URI the trainer could not open is refused at apply, not by a failing pod."""
+    parts = path.split(".")
+    guards = " && ".join(f"has(self.{'.'.join(parts[: i + 1])})" for i in range(len(parts)))
+    value = f"self.{path}"
+    schemes = "|".join(URI_SCHEMES)
+    return {
+        "rule": f"!({guards}) || !{value}.contains('://') || {value}.matches('^({schemes})://')",
+        "message": (
+            f"spec.{path} must be a local/PVC path or a URI with one of the schemes "
+            f"{', '.join(s + '://' for s in URI_SCHEMES)}; other schemes cannot be opened "
+            "by the trainer image"
+        ),
+        "fieldPath": f".{path}",
+        "reason": "FieldValueInvalid",
+    }
+
+
 def _unchanged_unless_suspended(path: str) -> str:
     return f"oldSelf.runPolicy.suspend || self.{path} == oldSelf.{path}"
 
@@ -77,6 +105,18 @@ SPEC_RULES: list[JsonValue] = [
         ),
         "fieldPath": ".image",
     },
+]
+
+SPEC_RULES += [_uri_rule(path) for path in _URI_FIELDS]
+
+FAILURE_RULE_RULES: list[JsonValue] = [
+    {
+        "rule": " || ".join(
+            f"(has(self.{name}) && size(self.{name}) > 0)"
+            for name in ("onClasses", "onReasons", "onExitCodes")
+        ),
+        "message": "a failurePolicy rule needs at least one of onClasses, onReasons, onExitCodes",
+    }
 ]
 
 ENV_VAR_RULES: list[JsonValue] = [

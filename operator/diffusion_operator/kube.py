@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from kubernetes import client
@@ -12,11 +12,13 @@ from kubernetes.client.exceptions import ApiException
 
 from diffusion_operator import constants as c
 from diffusion_operator.builders import Owner
+from diffusion_operator.failures import parse_summary
 from diffusion_operator.metrics import API_ERRORS
-from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
+from diffusion_operator.observed import AttemptJob, NodeHealth, Observed, WorkerPod
 
 NOT_FOUND = 404
 CONFLICT = 409
+FORBIDDEN = 403
 T = TypeVar("T")
 
 
@@ -71,12 +73,44 @@ class Kube:
         selector = f"{c.LABEL_JOB_NAME}={job_name},{c.LABEL_ROLE}=worker"
         jobs = self.batch.list_namespaced_job(namespace, label_selector=selector).items
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
-        ours = [p for p in pods if is_labelled_for(p, owner_uid)]
+        ours = [to_worker_pod(p) for p in pods if is_labelled_for(p, owner_uid)]
         return Observed(
             jobs=[to_attempt_job(j) for j in jobs if is_owned_by(j, owner_uid)],
-            pods=[to_worker_pod(p) for p in ours],
+            pods=ours,
             num_foreign_pods=len(pods) - len(ours),
+            nodes=self.read_nodes({p.node_name for p in ours if looks_unwell(p) and p.node_name}),
         )
+
+    def read_nodes(self, names: set[str]) -> dict[str, NodeHealth]:
+        """Nodes of unwell workers only: a healthy gang costs no node reads. Without the
+        permission to read nodes, the pods' own Ready condition is all there is to go on."""
+        health: dict[str, NodeHealth] = {}
+        for name in sorted(names):
+            try:
+                health[name] = to_node_health(self.core.read_node(name))
+            except ApiException as error:
+                if error.status == NOT_FOUND:
+                    health[name] = NodeHealth(exists=False, ready=False)
+                elif error.status != FORBIDDEN:
+                    raise
+        return health
+
+    @counted
+    def force_delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete with no grace: for a pod whose node will never confirm it stopped. The uid
+        precondition never removes a newer pod of the same name."""
+        try:
+            self.core.delete_namespaced_pod(
+                name,
+                namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+                ),
+            )
+        except ApiException as error:
+            if error.status not in (NOT_FOUND, CONFLICT):
+                raise
 
     @counted
     def apply_config_map(self, body: dict[str, Any]) -> None:
@@ -187,6 +221,23 @@ def to_attempt_job(job: client.V1Job) -> AttemptJob:
         failed=conditions.get("Failed", False),
         deleting=job.metadata.deletion_timestamp is not None,
         spec_hash=(job.metadata.annotations or {}).get(c.ANNOTATION_SPEC_HASH),
+        failure_target=conditions.get("FailureTarget", False),
+    )
+
+
+def looks_unwell(pod: WorkerPod) -> bool:
+    return pod.not_ready_since is not None or pod.deleting
+
+
+def to_node_health(node: client.V1Node) -> NodeHealth:
+    conditions = (node.status.conditions if node.status else None) or []
+    ready = next((cond for cond in conditions if cond.type == "Ready"), None)
+    if ready is None or ready.status == "True":
+        return NodeHealth()
+    return NodeHealth(
+        ready=False,
+        not_ready_since=ready.last_transition_time,
+        reason=ready.reason or ("NodeUnreachable" if ready.status == "Unknown" else None),
     )
 
 
@@ -218,7 +269,24 @@ def to_worker_pod(pod: client.V1Pod) -> WorkerPod:
             disruption.reason if disruption and disruption.status == "True" else None
         ),
         pod_ip=status.pod_ip,
+        node_name=pod.spec.node_name if pod.spec else None,
+        not_ready_since=_not_ready_since(status, conditions.get("Ready")),
+        deletion_requested_at=_deletion_requested_at(pod.metadata),
+        uid=pod.metadata.uid or "",
+        summary=parse_summary(terminated.message) if terminated else None,
     )
+
+
+def _deletion_requested_at(meta: client.V1ObjectMeta) -> datetime | None:
+    if meta.deletion_timestamp is None:
+        return None
+    return meta.deletion_timestamp - timedelta(seconds=meta.deletion_grace_period_seconds or 0)
+
+
+def _not_ready_since(status: client.V1PodStatus, ready: Any) -> datetime | None:
+    if status.phase != "Running" or ready is None or ready.status == "True":
+        return None
+    return ready.last_transition_time
 
 
 def _container_state(

@@ -2,19 +2,24 @@
 
 Level-based: every call re-derives the plan from the observed state, so a missed event or an
 operator restart never stalls a job, and running it twice does no harm (names are fixed, creation
-tolerates AlreadyExists). Finer failure classes slot into `describe_failure`/`should_restart`.
+tolerates AlreadyExists). How an attempt ended is `attempt_end`'s and `failures`' business; what
+that costs (restart counted or not, rollback, fail) is decided here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from diffusion_operator import names
+from diffusion_operator import goodput, names
+from diffusion_operator.attempt_end import AttemptWatch, stuck_pods
 from diffusion_operator.conditions import conditions_for_phase
+from diffusion_operator.failures import Failure, choose_action
 from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
-from diffusion_operator.spec import DiffusionTrainingJobSpec, spec_fingerprint
+from diffusion_operator.progress import newer_checkpoint
+from diffusion_operator.spec import DiffusionTrainingJobSpec, FailureAction, spec_fingerprint
+from diffusion_operator.timefmt import format_time, parse_time
 
 
 @dataclass(frozen=True)
@@ -46,14 +51,13 @@ class Plan:
     delete_self: bool = False
     requeue_after_s: float | None = None
     spec: DiffusionTrainingJobSpec | None = None  # the parsed spec the plan was made for
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
+    # (name, uid) of pods whose node will never confirm they stopped.
+    force_delete_pods: list[tuple[str, str]] = field(default_factory=list)
+    avoid_nodes: list[str] = field(default_factory=list)  # for the attempt created now
+    trainer_env: dict[str, str] = field(default_factory=dict)  # for the attempt created now
+    failure: Failure | None = None  # what ended the attempt in this pass
+    action: FailureAction | None = None  # and what was done about it
+    incident_closed: dict[str, Any] | None = None  # an incident that recovered in this pass
 
 
 def backoff_seconds(spec: DiffusionTrainingJobSpec, restarts: int) -> int:
@@ -61,22 +65,27 @@ def backoff_seconds(spec: DiffusionTrainingJobSpec, restarts: int) -> int:
     return int(min(policy.backoff_seconds * 2 ** max(restarts - 1, 0), policy.max_backoff_seconds))
 
 
-def describe_failure(pod: WorkerPod) -> tuple[str, str]:
-    """(reason, message) for a failed worker: the cause a user needs to see first."""
-    where = f"worker {pod.index} (pod {pod.name})"
-    if pod.disruption_reason:
-        return "WorkerDisrupted", f"{where} was disrupted: {pod.disruption_reason}"
-    detail = f"exit code {pod.exit_code}"
-    if pod.exit_reason and pod.exit_reason != "Error":
-        detail += f" ({pod.exit_reason})"
-    message = f"{where} failed with {detail}"
-    if pod.exit_message:
-        message += f": {pod.exit_message.strip()[:500]}"
-    return "WorkerFailed", message
+def budget_of(spec: DiffusionTrainingJobSpec, action: FailureAction) -> tuple[str, int]:
+    """(status counter, limit) an action spends."""
+    policy = spec.failure_policy
+    if action == "RestartNotCounted":
+        return "disruptions", policy.max_disruptions
+    if action == "Rollback":
+        return "rollbacks", policy.non_finite.max_rollbacks
+    return "restarts", policy.max_restarts
 
 
-def should_restart(spec: DiffusionTrainingJobSpec, restarts: int, reason: str) -> bool:
-    return restarts < spec.failure_policy.max_restarts
+ACTION_WORDS: dict[FailureAction, str] = {
+    "Restart": "restarting the gang (counted)",
+    "RestartNotCounted": "restarting the gang (not counted against maxRestarts)",
+    "Rollback": "rolling back to an older checkpoint",
+    "Fail": "failing",
+}
+LIMIT_FIELDS = {
+    "restarts": "failurePolicy.maxRestarts",
+    "disruptions": "failurePolicy.maxDisruptions",
+    "rollbacks": "failurePolicy.nonFinite.maxRollbacks",
+}
 
 
 class _Planner:
@@ -217,6 +226,13 @@ class _Planner:
         self.plan.create_attempt = attempt
         self.plan.create_suspended = suspended
         self.plan.resume_from = checkpoint.get("latestUri")
+        self.plan.avoid_nodes = self.nodes_to_avoid()
+        rollback = self.status.get("rollback") or {}
+        if rollback.get("attempt") == attempt:
+            self.plan.resume_from = None  # the trainer picks the older checkpoint itself
+            self.plan.trainer_env = {"DTJ_ROLLBACK_CHECKPOINTS": str(rollback["checkpoints"])}
+            if rollback.get("skipDataToStep") is not None:
+                self.plan.trainer_env["DTJ_DATA_SKIP_TO_STEP"] = str(rollback["skipDataToStep"])
         self.status["attemptStartTime"] = format_time(self.now)
         self.status["attemptRunningTime"] = None
         self.status["restartAfter"] = None
@@ -238,6 +254,28 @@ class _Planner:
     def nodes(self) -> int:
         return self.spec.resources.nodes
 
+    @property
+    def num_gpus(self) -> int:
+        return self.nodes * self.spec.resources.gpus_per_node
+
+    def nodes_to_avoid(self) -> list[str]:
+        """Nodes that failed a worker recently; expired entries leave the status."""
+        current = [
+            entry
+            for entry in self.status.get("avoidedNodes") or []
+            if (parse_time(entry.get("until")) or self.now) > self.now
+        ]
+        self.status["avoidedNodes"] = current or None
+        return sorted({entry["name"] for entry in current})
+
+    def avoid_node(self, name: str, reason: str) -> None:
+        avoid_s = self.spec.failure_policy.node_avoidance_seconds
+        if not avoid_s:
+            return
+        until = format_time(self.now + timedelta(seconds=avoid_s))
+        others = [e for e in self.status.get("avoidedNodes") or [] if e.get("name") != name]
+        self.status["avoidedNodes"] = [*others, {"name": name, "reason": reason, "until": until}]
+
     def start_next_attempt(self) -> None:
         """Attempt N's Job is missing: clean up older attempts, wait for their pods, back off."""
         for job in self.observed.jobs:
@@ -245,6 +283,7 @@ class _Planner:
                 self.plan.delete_jobs.append(job.name)
         leftovers = self.observed.pods_before(self.attempt)
         if leftovers:
+            self.force_delete_stuck(leftovers)
             message = f"waiting for {len(leftovers)} worker pods of earlier attempts to terminate"
             self.set_phase("Restarting", "WaitingForOldWorkers", message)
             self.requeue(1.0)
@@ -254,6 +293,23 @@ class _Planner:
             self.requeue((restart_after - self.now).total_seconds())
             return
         self.create_attempt(self.attempt)
+
+    def force_delete_stuck(self, leftovers: list[WorkerPod]) -> None:
+        """Waiting for old workers is bounded: a pod whose node is gone or NotReady would hold
+        the gang back forever (a new attempt must not start beside a worker that may still
+        run)."""
+        stuck, due_s = stuck_pods(self.spec, leftovers, self.observed, self.now)
+        for pod in stuck:
+            self.plan.force_delete_pods.append((pod.name, pod.uid))
+            bound = self.spec.failure_policy.pod_termination_timeout_seconds
+            message = (
+                f"force-deleted worker pod {pod.name} of attempt {pod.attempt}: still "
+                f"terminating {bound}s past its grace period on node {pod.node_name}, which "
+                "is NotReady, unreachable or gone"
+            )
+            self.plan.events.append(JobEvent("Warning", "ForceDeletedWorker", message))
+        for remaining_s in due_s:
+            self.requeue(remaining_s)
 
     def set_suspended(self) -> None:
         if self.spec.run_policy.suspend:
@@ -277,15 +333,42 @@ class _Planner:
         if self.old_phase == "Suspended":
             self.mark_resumed()  # unsuspended by someone else, e.g. Kueue admission
         pods = self.observed.pods_of(self.attempt)
-        failed = [p for p in pods if p.phase == "Failed" and not p.deleting]
+        self.take_final_checkpoint(pods)
         if job.complete:
+            goodput.close_run(self.status, self.now, self.num_gpus, None)
             self.set_phase(
                 "Succeeded", "AllWorkersSucceeded", f"all {self.nodes} workers succeeded"
             )
-        elif failed or job.failed:
-            self.handle_failure(job.name, failed)
+            return
+        watch = AttemptWatch(self.spec, self.status, self.observed, self.now)
+        detection = watch.detect(job, pods)
+        failure = detection.failure
+        if failure is None and self.gang_running(pods):
+            failure = watch.hang()
+        for recheck_s in detection.recheck_after_s:
+            self.requeue(recheck_s)
+        if failure is not None:
+            self.handle_failure(job.name, failure)
         else:
             self.track_workers(pods)
+
+    def gang_running(self, pods: list[WorkerPod]) -> bool:
+        running = [p for p in pods if p.phase in ("Running", "Succeeded") and not p.deleting]
+        return len(running) >= self.nodes
+
+    def take_final_checkpoint(self, pods: list[WorkerPod]) -> None:
+        """The checkpoint a worker's summary names, if newer than status says: the final one
+        is written after the last progress reading."""
+        for pod in pods:
+            summary = pod.summary or {}
+            step = summary.get("lastCheckpointStep")
+            if not summary.get("lastCheckpoint") or not isinstance(step, int):
+                continue
+            time = format_time(pod.finished_at) if pod.finished_at else format_time(self.now)
+            reading = {"checkpoint": {"uri": summary["lastCheckpoint"], "step": step, "time": time}}
+            newer = newer_checkpoint(self.status.get("checkpoint"), reading)
+            if newer:
+                self.status["checkpoint"] = newer
 
     def mark_resumed(self) -> None:
         """Both deadlines restart: time spent suspended or queued is not running time."""
@@ -311,38 +394,61 @@ class _Planner:
         self.plan.set_suspend[job.name] = False
         self.set_phase("Pending", "Resumed", "resumed; waiting for workers")
 
-    def handle_failure(self, job_name: str, failed: list[WorkerPod]) -> None:
-        first = min(failed, key=lambda p: (p.finished_at or self.now, p.index), default=None)
-        if first is not None:
-            reason, message = describe_failure(first)
-        else:
-            reason, message = "JobFailed", f"the Job of attempt {self.attempt} failed"
-        message = f"attempt {self.attempt}: {message}"
-        record: dict[str, Any] = {
+    def handle_failure(self, job_name: str, failure: Failure) -> None:
+        """Record why the attempt ended, then restart (counted or not), roll back or fail."""
+        action = choose_action(self.spec.failure_policy, failure)
+        self.plan.failure, self.plan.action = failure, action
+        message = f"attempt {self.attempt}: {failure.message}"
+        self.status["lastFailure"] = {
             "attempt": self.attempt,
-            "reason": reason,
-            "message": message,
+            "reason": failure.reason,
+            "class": failure.failure_class,
+            "action": action,
+            "exitCode": failure.exit_code,
+            "message": message[:4000],
             "time": format_time(self.now),
         }
-        self.status["lastFailure"] = record
-        restarts = int(self.status.get("restarts", 0))
-        if not should_restart(self.spec, restarts, reason):
-            limit = self.spec.failure_policy.max_restarts
-            self.fail(reason, f"{message}; no restarts left (maxRestarts: {limit})")
+        lost_gpu_s = goodput.close_run(self.status, self.now, self.num_gpus, failure)
+        goodput.open_incident(self.status, failure, self.now, lost_gpu_s)
+        self.status["attemptRunningTime"] = None  # accounted for: this attempt is over
+        if failure.node_name and failure.failure_class == "Disruption":
+            self.avoid_node(failure.node_name, failure.reason)
+        if action == "Fail":
+            self.fail(failure.reason, f"{message}; failurePolicy action: Fail")
             return
-        delay_s = backoff_seconds(self.spec, restarts + 1)
+        counter, limit = budget_of(self.spec, action)
+        used = int(self.status.get(counter) or 0)
+        if used >= limit:
+            field_name = LIMIT_FIELDS[counter]
+            self.fail(failure.reason, f"{message}; no {counter} left ({field_name}: {limit})")
+            return
+        delay_s = backoff_seconds(self.spec, used + 1)
         self.plan.delete_jobs.append(job_name)
         self.status.update(
-            attempt=self.attempt + 1,
-            restarts=restarts + 1,
-            restartAfter=format_time(self.now + timedelta(seconds=delay_s)),
+            {
+                "attempt": self.attempt + 1,
+                counter: used + 1,
+                "restartAfter": format_time(self.now + timedelta(seconds=delay_s)),
+            }
         )
+        if action == "Rollback":
+            self.plan_rollback(failure)
         self.set_phase(
             "Restarting",
-            reason,
-            f"{message}; restarting the gang as attempt {self.attempt} in {delay_s}s",
+            failure.reason,
+            f"{message}; {ACTION_WORDS[action]} as attempt {self.attempt} in {delay_s}s",
         )
         self.requeue(1.0)
+
+    def plan_rollback(self, failure: Failure) -> None:
+        """The next attempt resumes from an older checkpoint, past the offending batches; the
+        newer checkpoints are abandoned, so status no longer names them."""
+        self.status["rollback"] = {
+            "attempt": self.attempt,
+            "checkpoints": self.spec.failure_policy.non_finite.rollback_checkpoints,
+            "skipDataToStep": failure.step,
+        }
+        self.status["checkpoint"] = None
 
     def track_workers(self, pods: list[WorkerPod]) -> None:
         running = [p for p in pods if p.phase in ("Running", "Succeeded") and not p.deleting]
@@ -357,6 +463,9 @@ class _Planner:
         if len(running) >= self.nodes:
             if not self.status.get("attemptRunningTime"):
                 self.status["attemptRunningTime"] = format_time(self.now)
+                self.plan.incident_closed = goodput.close_incident(
+                    self.status, self.now, self.num_gpus
+                )
             self.set_phase("Running", "AllWorkersRunning", f"{self.nodes} workers running")
             return
         why = waiting_detail(pods, self.nodes)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from diffusion_trainer.metrics import exposition_names
+
+if TYPE_CHECKING:
+    from diffusion_operator.failures import Failure
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -20,8 +24,24 @@ RECONCILE_DURATION = Histogram(
 JOBS = Gauge("dtj_operator_jobs", "DiffusionTrainingJobs by phase.", ["phase"], registry=REGISTRY)
 RESTARTS = Counter(
     "dtj_operator_restarts",
-    "Gang restarts, by the reason of the failure that caused them.",
-    ["namespace", "job", "reason"],
+    "Ends of attempts, by reason, failure class and the action taken (Restart, "
+    "RestartNotCounted, Rollback, Fail).",
+    ["namespace", "job", "reason", "class", "action"],
+    registry=REGISTRY,
+)
+INCIDENT_SECONDS = Histogram(
+    "dtj_operator_incident_seconds",
+    "Time to detect a failure (from when it happened) and to recover from it (from detection "
+    "to the next attempt's workers all running), by failure class.",
+    ["stage", "class"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
+    registry=REGISTRY,
+)
+LOST_GPU_SECONDS = Counter(
+    "dtj_operator_lost_gpu_seconds",
+    "GPU-seconds lost to failures: work since the last committed checkpoint, redone, plus "
+    "the wait for the next attempt's workers.",
+    ["namespace", "job"],
     registry=REGISTRY,
 )
 WORKER_PODS = Gauge(
@@ -59,6 +79,27 @@ def account_gpu_time(
         GPU_SECONDS.labels(namespace=namespace, job=job).inc(
             elapsed_s * num_running_pods * gpus_per_pod
         )
+
+
+def record_attempt_end(
+    namespace: str, job: str, failure: Failure | None, action: str | None
+) -> None:
+    if failure is None or action is None:
+        return
+    labels = {"namespace": namespace, "job": job}
+    RESTARTS.labels(
+        **labels, reason=failure.reason, action=action, **{"class": failure.failure_class}
+    ).inc()
+
+
+def record_recovery(namespace: str, job: str, incident: dict[str, Any] | None) -> None:
+    """An incident is over (the next attempt runs): its times and the GPU-seconds it cost."""
+    if incident is None:
+        return
+    klass = str(incident.get("class"))
+    INCIDENT_SECONDS.labels(stage="detect", **{"class": klass}).observe(incident["detectSeconds"])
+    INCIDENT_SECONDS.labels(stage="recover", **{"class": klass}).observe(incident["recoverSeconds"])
+    LOST_GPU_SECONDS.labels(namespace=namespace, job=job).inc(incident["lostGpuSeconds"])
 
 
 def metric_names() -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,12 @@ class WorkerPod:
     waiting_reason: str | None = None  # e.g. ImagePullBackOff, CreateContainerConfigError
     disruption_reason: str | None = None
     pod_ip: str | None = None
+    node_name: str | None = None
+    # Running but not Ready: the node controller marks pods so when their node stops reporting.
+    not_ready_since: datetime | None = None
+    deletion_requested_at: datetime | None = None  # deletionTimestamp minus its grace period
+    uid: str = ""
+    summary: dict[str, Any] | None = None  # the trainer's JSON run summary, if it wrote one
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,22 @@ class AttemptJob:
     failed: bool = False
     deleting: bool = False
     spec_hash: str | None = None  # None: made before the annotation existed
+    # The Job controller decided the Job fails but waits for pods to terminate (k8s >= 1.31).
+    failure_target: bool = False
 
     @property
     def finished(self) -> bool:
         return self.complete or self.failed
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """A worker's node as far as it matters: gone, or not Ready since when."""
+
+    exists: bool = True
+    ready: bool = True
+    not_ready_since: datetime | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,8 @@ class Observed:
     pods: list[WorkerPod] = field(default_factory=list)
     # Pods of a deleted job with the same name (another uid), not yet gone.
     num_foreign_pods: int = 0
+    # Health of the nodes of workers that look unwell (not Ready, or stuck terminating).
+    nodes: dict[str, NodeHealth] = field(default_factory=dict)
 
     def job(self, attempt: int) -> AttemptJob | None:
         return next((j for j in self.jobs if j.attempt == attempt and not j.deleting), None)
@@ -54,6 +75,9 @@ class Observed:
 
     def pods_before(self, attempt: int) -> list[WorkerPod]:
         return [p for p in self.pods if p.attempt < attempt]
+
+    def node(self, pod: WorkerPod) -> NodeHealth | None:
+        return self.nodes.get(pod.node_name) if pod.node_name else None
 
     def latest_attempt(self) -> int:
         return max((j.attempt for j in self.jobs), default=0)

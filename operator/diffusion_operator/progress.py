@@ -26,8 +26,12 @@ def finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+ACTIVITIES = ("starting", "training", "checkpointing", "evaluating", "stopping")
+
+
 def progress_from_reading(reading: dict[str, Any], now: str) -> dict[str, Any]:
     """status.progress from a fresh /progress reading."""
+    activity = reading.get("activity")
     eta_s = finite(reading.get("etaSeconds"))
     images = finite(reading.get("imagesPerSecond"))
     loss = finite(reading.get("loss"))
@@ -38,15 +42,23 @@ def progress_from_reading(reading: dict[str, Any], now: str) -> dict[str, Any]:
         "loss": None if loss is None else round(loss, 5),
         "etaSeconds": None if eta_s is None else int(eta_s),
         "eta": format_eta(eta_s),
+        "activity": activity if activity in ACTIVITIES else None,
         "updatedAt": now,
+        "stepAdvancedAt": now,
         "stale": False,
     }
 
 
 def fold_reading(current: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
     """The fresh progress, or the current one if only the read time differs: a status write
-    (and a watch event for every `kubectl get -w`) only when something a user sees changed."""
-    if current and {**current, "updatedAt": None} == {**fresh, "updatedAt": None}:
+    (and a watch event for every `kubectl get -w`) only when something a user sees changed.
+    `stepAdvancedAt` moves only when the step or the activity changes (the hang clock)."""
+    if not current:
+        return fresh
+    if (current.get("step"), current.get("activity")) == (fresh.get("step"), fresh.get("activity")):
+        fresh = {**fresh, "stepAdvancedAt": current.get("stepAdvancedAt") or fresh["updatedAt"]}
+    clocks = {"updatedAt": None, "stepAdvancedAt": None}
+    if {**current, **clocks} == {**fresh, **clocks}:
         return current
     return fresh
 

@@ -19,7 +19,6 @@ from diffusion_operator.lifecycle import (
     JobEvent,
     JobState,
     Plan,
-    format_time,
     plan_name_in_use,
     plan_reconcile,
     plan_refused_attempt,
@@ -36,7 +35,8 @@ from diffusion_operator.progress_client import fetch_progress
 from diffusion_operator.render import render_trainer_config
 from diffusion_operator.settings import OperatorSettings
 from diffusion_operator.spec import DiffusionTrainingJobSpec
-from diffusion_operator.worker_job import build_worker_job
+from diffusion_operator.timefmt import format_time
+from diffusion_operator.worker_job import AttemptInputs, build_worker_job
 from diffusion_trainer.config import ConfigError, TrainerConfig
 
 INVALID = (400, 422)  # the API server refuses the object itself: retrying cannot help
@@ -118,7 +118,7 @@ def run_pass(
     plan, observed = plan_for(body, owner, kube, settings)
     if observed is not None and plan.spec is not None:
         read_progress(plan, observed, owner, settings)
-        record_metrics(plan, observed, old_status, owner)
+        record_metrics(plan, observed, owner)
     write_status(kube, owner, old_status, plan)
     post_events(plan, owner, kube, log)  # before acting: a failed action must not lose them
     try:
@@ -203,7 +203,7 @@ def progress_host(pod: WorkerPod, owner: Owner, attempt: int, settings: Operator
     return pod.pod_ip
 
 
-def record_metrics(plan: Plan, observed: Observed, old_status: dict, owner: Owner) -> None:
+def record_metrics(plan: Plan, observed: Observed, owner: Owner) -> None:
     attempt = int(plan.status.get("attempt", 0))
     pods = observed.pods_of(attempt)
     key = f"{owner.namespace}/{owner.name}"
@@ -211,10 +211,8 @@ def record_metrics(plan: Plan, observed: Observed, old_status: dict, owner: Owne
     running = len([p for p in pods if p.phase == "Running" and not p.deleting])
     gpus = plan.spec.resources.gpus_per_node if plan.spec else 0
     metrics.account_gpu_time(owner.namespace, owner.name, running, gpus, time.monotonic())
-    restarts = int(plan.status.get("restarts", 0))
-    if restarts > int(old_status.get("restarts", 0)):
-        reason = (plan.status.get("lastFailure") or {}).get("reason", "Unknown")
-        metrics.RESTARTS.labels(namespace=owner.namespace, job=owner.name, reason=reason).inc()
+    metrics.record_attempt_end(owner.namespace, owner.name, plan.failure, plan.action)
+    metrics.record_recovery(owner.namespace, owner.name, plan.incident_closed)
 
 
 def post_events(plan: Plan, owner: Owner, kube: Kube, log: Logger) -> None:
@@ -225,11 +223,21 @@ def post_events(plan: Plan, owner: Owner, kube: Kube, log: Logger) -> None:
 def execute_plan(plan: Plan, owner: Owner, kube: Kube) -> None:
     for job_name in plan.delete_jobs:
         kube.delete_job(owner.namespace, job_name)
+    for pod_name, pod_uid in plan.force_delete_pods:
+        kube.force_delete_pod(owner.namespace, pod_name, pod_uid)
     for job_name, suspend in plan.set_suspend.items():
         kube.set_job_suspend(owner.namespace, job_name, suspend)
     if plan.create_attempt is not None and plan.spec is not None:
         body = build_worker_job(
-            owner, plan.spec, plan.create_attempt, plan.resume_from, plan.create_suspended
+            owner,
+            plan.spec,
+            AttemptInputs(
+                attempt=plan.create_attempt,
+                resume_from=plan.resume_from,
+                suspend=plan.create_suspended,
+                avoid_nodes=plan.avoid_nodes,
+                trainer_env=plan.trainer_env,
+            ),
         )
         try:
             kube.create_job(body)

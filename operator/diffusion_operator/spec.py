@@ -13,7 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from diffusion_operator.cel import ENV_VAR_RULES, SPEC_RULES, TOLERATION_RULES
+from diffusion_operator.cel import (
+    ENV_VAR_RULES,
+    FAILURE_RULE_RULES,
+    SPEC_RULES,
+    TOLERATION_RULES,
+)
 from diffusion_operator.partial import make_partial
 from diffusion_trainer.config import (
     CheckpointConfig,
@@ -129,10 +134,90 @@ class PodSecurity(Section):
     ] = Field(default_factory=list)
 
 
+FailureClass = Literal["Disruption", "ConfigError", "NonFinite", "OOMKilled", "Hang", "Error"]
+FAILURE_CLASSES: tuple[FailureClass, ...] = (
+    "Disruption",
+    "ConfigError",
+    "NonFinite",
+    "OOMKilled",
+    "Hang",
+    "Error",
+)
+FailureAction = Literal["Restart", "RestartNotCounted", "Rollback", "Fail"]
+
+
+class FailureRule(Section):
+    """One ordered rule: the first rule whose every given criterion matches an attempt's end
+    decides the action (as batch/v1 podFailurePolicy and JobSet failure policy rules do)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": FAILURE_RULE_RULES})
+
+    action: Annotated[
+        FailureAction,
+        Field(
+            description="Restart (counted against maxRestarts), RestartNotCounted (counted "
+            "against maxDisruptions), Rollback (resume from an older checkpoint, counted "
+            "against nonFinite.maxRollbacks) or Fail."
+        ),
+    ]
+    on_classes: Annotated[
+        list[FailureClass], Field(max_length=8, description="Match these failure classes.")
+    ] = Field(default_factory=list)
+    on_reasons: Annotated[
+        list[Annotated[str, Field(max_length=128)]],
+        Field(max_length=32, description="Match these reasons (e.g. PreemptionByScheduler)."),
+    ] = Field(default_factory=list)
+    on_exit_codes: Annotated[
+        list[Annotated[int, Field(ge=0, le=255)]],
+        Field(max_length=32, description="Match these exit codes of the first failed worker."),
+    ] = Field(default_factory=list)
+
+
+class NonFinitePolicy(Section):
+    """What a run whose gradients stay non-finite does (see docs/fault-tolerance.md)."""
+
+    max_consecutive_skips: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1000,
+            description="Optimizer steps with non-finite gradients skipped in a row before the "
+            "attempt ends as NonFinite; 0 ends it at the first one.",
+        ),
+    ] = 5
+    rollback_checkpoints: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100,
+            description="A rollback resumes from this many committed checkpoints before the "
+            "newest, with the data order moved past the offending batches.",
+        ),
+    ] = 1
+    max_rollbacks: Annotated[
+        int, Field(ge=0, le=100, description="Rollbacks before the job is Failed.")
+    ] = 3
+
+
 class FailurePolicy(Section):
     max_restarts: Annotated[
-        int, Field(ge=0, le=1000, description="Gang restarts before the job is Failed.")
+        int,
+        Field(
+            ge=0,
+            le=1000,
+            description="Counted gang restarts (failures of the job itself) "
+            "before the job is Failed.",
+        ),
     ] = 3
+    max_disruptions: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=10000,
+            description="Restarts caused by the cluster (preemption, eviction, node loss), "
+            "which never spend maxRestarts, before the job is Failed.",
+        ),
+    ] = 100
     backoff_seconds: Annotated[
         int, Field(ge=0, le=3600, description="First restart delay; doubles per restart.")
     ] = 10
@@ -140,11 +225,51 @@ class FailurePolicy(Section):
     hang_timeout_seconds: Annotated[
         int | None,
         Field(
-            ge=60,
-            description="Reserved for the step watchdog (not enforced yet): fail an attempt "
-            "whose step stops advancing this long.",
+            ge=10,
+            le=86400,
+            description="A training step that does not finish this long ends the attempt as "
+            "Hang (stacks of every rank in the logs); also the collective timeout. Startup, "
+            "checkpoint saves and evaluation do not count.",
         ),
     ] = None
+    node_not_ready_timeout_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=86400,
+            description="A worker whose node is NotReady or unreachable this long ends the "
+            "attempt as a Disruption.",
+        ),
+    ] = 60
+    pod_termination_timeout_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=86400,
+            description="How long past its grace period a terminating worker on a NotReady, "
+            "unreachable or deleted node is waited for before it is force-deleted.",
+        ),
+    ] = 30
+    node_avoidance_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=604800,
+            description="Attempts created this long after a node failed a worker prefer other "
+            "nodes (0: never avoid).",
+        ),
+    ] = 3600
+    non_finite: Annotated[NonFinitePolicy, Field(json_schema_extra={"default": {}})] = Field(
+        default_factory=NonFinitePolicy
+    )
+    rules: Annotated[
+        list[FailureRule],
+        Field(
+            max_length=32,
+            description="Ordered overrides of the default action per failure class; the first "
+            "match wins.",
+        ),
+    ] = Field(default_factory=list)
 
 
 class RunPolicy(Section):

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from diffusion_operator.spec import FailureAction, FailureClass
 from diffusion_trainer.config import Section
 
 Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
@@ -39,7 +40,14 @@ class Progress(Section):
     loss: float | None = None
     eta_seconds: int | None = None
     eta: Annotated[str | None, Field(description="ETA, human readable (e.g. 3h12m).")] = None
+    activity: Annotated[
+        Literal["starting", "training", "checkpointing", "evaluating", "stopping"] | None,
+        Field(description="What rank 0 is doing; only training counts towards a hang."),
+    ] = None
     updated_at: str | None = None
+    step_advanced_at: Annotated[
+        str | None, Field(description="When the step or activity last changed (hang clock).")
+    ] = None
     stale: bool | None = None
 
 
@@ -51,9 +59,59 @@ class CheckpointStatus(Section):
 
 class FailureRecord(Section):
     attempt: int
-    reason: str
+    reason: Annotated[str, Field(description="CamelCase cause, e.g. PreemptionByScheduler.")]
+    failure_class: Annotated[
+        FailureClass | None,
+        Field(alias="class", description="Disruption, ConfigError, NonFinite, OOMKilled, ..."),
+    ] = None
+    action: Annotated[
+        FailureAction | None, Field(description="What the failure policy did about it.")
+    ] = None
+    exit_code: int | None = None
     message: str = ""
     time: str | None = None
+
+
+class AvoidedNode(Section):
+    name: str
+    reason: str = ""
+    until: Annotated[str, Field(description="New attempts prefer other nodes until then.")]
+
+
+class Rollback(Section):
+    attempt: Annotated[int, Field(description="The attempt that resumes from older weights.")]
+    checkpoints: Annotated[int, Field(description="Committed checkpoints back from the newest.")]
+    skip_data_to_step: Annotated[
+        int | None, Field(description="Its data starts where this step's batch ended.")
+    ] = None
+
+
+class Goodput(Section):
+    allocated_gpu_seconds: Annotated[
+        float, Field(description="GPU-seconds of finished attempts' running workers.")
+    ] = 0.0
+    productive_gpu_seconds: Annotated[
+        float, Field(description="Of those, the ones whose work a committed checkpoint kept.")
+    ] = 0.0
+    lost_gpu_seconds: Annotated[
+        float,
+        Field(description="Work redone after failures plus GPUs waiting for the next attempt."),
+    ] = 0.0
+    ratio: Annotated[
+        float | None, Field(description="productive / (allocated + waiting for restarts).")
+    ] = None
+
+
+class Incident(Section):
+    attempt: int
+    failure_class: Annotated[FailureClass, Field(alias="class")]
+    reason: str
+    failed_at: str | None = None
+    detected_at: str | None = None
+    recovered_at: str | None = None
+    detect_seconds: float | None = None
+    recover_seconds: float | None = None
+    lost_gpu_seconds: float | None = None
 
 
 class DiffusionTrainingJobStatus(Section):
@@ -70,6 +128,10 @@ class DiffusionTrainingJobStatus(Section):
     observed_generation: int | None = None
     attempt: Annotated[int, Field(description="Current attempt (one Indexed Job each).")] = 0
     restarts: Annotated[int, Field(description="Gang restarts counted against maxRestarts.")] = 0
+    disruptions: Annotated[
+        int, Field(description="Restarts caused by the cluster, not counted against maxRestarts.")
+    ] = 0
+    rollbacks: Annotated[int, Field(description="Restarts from an older checkpoint.")] = 0
     workers: Workers | None = None
     start_time: Annotated[
         str | None, Field(description="When the job last started running: first start or resume.")
@@ -88,5 +150,13 @@ class DiffusionTrainingJobStatus(Section):
         str | None, Field(description="When the next attempt may start (backoff).")
     ] = None
     last_failure: FailureRecord | None = None
+    avoided_nodes: Annotated[
+        list[AvoidedNode] | None, Field(description="Nodes that recently failed a worker.")
+    ] = None
+    rollback: Rollback | None = None
     progress: Progress | None = None
     checkpoint: CheckpointStatus | None = None
+    goodput: Goodput | None = None
+    incidents: Annotated[
+        list[Incident] | None, Field(max_length=10, description="The latest failures.")
+    ] = None

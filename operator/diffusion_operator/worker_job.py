@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from diffusion_operator import constants as c
@@ -11,15 +12,27 @@ from diffusion_operator.spec import DiffusionTrainingJobSpec, spec_fingerprint
 
 NON_ROOT_UID = 1000
 COMPLETION_INDEX_FIELD = f"metadata.annotations['{c.JOB_COMPLETION_INDEX_ANNOTATION}']"
+# torchrun's SIGTERM -> SIGKILL wait for its workers: the pod's grace period minus this margin
+# (torchrun itself must exit before the kubelet kills the container).
+SHUTDOWN_MARGIN_S = 10
+NODE_AVOIDANCE_WEIGHT = 100
+
+
+@dataclass(frozen=True)
+class AttemptInputs:
+    """What differs between the attempts of one spec."""
+
+    attempt: int
+    resume_from: str | None = None
+    suspend: bool = False
+    avoid_nodes: list[str] = field(default_factory=list)
+    trainer_env: dict[str, str] = field(default_factory=dict)
 
 
 def build_worker_job(
-    owner: Owner,
-    spec: DiffusionTrainingJobSpec,
-    attempt: int,
-    resume_from: str | None,
-    suspend: bool,
+    owner: Owner, spec: DiffusionTrainingJobSpec, inputs: AttemptInputs
 ) -> dict[str, Any]:
+    attempt = inputs.attempt
     job_name = names.attempt_job_name(owner.name, attempt)
     attempt_labels = {
         c.LABEL_ATTEMPT: str(attempt),
@@ -41,20 +54,23 @@ def build_worker_job(
             "completions": nodes,
             "parallelism": nodes,
             "backoffLimit": 0,
-            "suspend": suspend,
+            # Never a lone replacement inside the attempt: it could not join the gang's
+            # rendezvous. A lost worker ends the attempt; the operator restarts the gang.
+            "podReplacementPolicy": "Failed",
+            "suspend": inputs.suspend,
             "template": {
                 "metadata": {
                     "labels": {**spec.pod_labels, **owner.labels(), **attempt_labels},
                     "annotations": dict(spec.pod_annotations),
                 },
-                "spec": build_pod_spec(owner, spec, attempt, resume_from),
+                "spec": build_pod_spec(owner, spec, inputs),
             },
         },
     }
 
 
 def build_pod_spec(
-    owner: Owner, spec: DiffusionTrainingJobSpec, attempt: int, resume_from: str | None
+    owner: Owner, spec: DiffusionTrainingJobSpec, inputs: AttemptInputs
 ) -> dict[str, Any]:
     resources = spec.resources
     pod: dict[str, Any] = {
@@ -70,7 +86,7 @@ def build_pod_spec(
             "fsGroup": NON_ROOT_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [build_container(owner, spec, attempt, resume_from)],
+        "containers": [build_container(owner, spec, inputs)],
         "volumes": build_volumes(owner, spec),
     }
     if spec.service_account_name:
@@ -81,8 +97,9 @@ def build_pod_spec(
         pod["tolerations"] = [
             t.model_dump(by_alias=True, exclude_none=True) for t in resources.tolerations
         ]
-    if resources.affinity:
-        pod["affinity"] = resources.affinity
+    affinity = with_node_avoidance(resources.affinity, inputs.avoid_nodes)
+    if affinity:
+        pod["affinity"] = affinity
     if resources.priority_class_name:
         pod["priorityClassName"] = resources.priority_class_name
     if spec.image_pull_secrets:
@@ -90,8 +107,31 @@ def build_pod_spec(
     return pod
 
 
+def with_node_avoidance(
+    affinity: dict[str, Any] | None, avoid_nodes: list[str]
+) -> dict[str, Any] | None:
+    """The user's affinity plus a preference against nodes that just failed a worker:
+    preferred, not required, so a pool with no spare node still schedules once they recover."""
+    if not avoid_nodes:
+        return affinity
+    merged = dict(affinity or {})
+    node_affinity = dict(merged.get("nodeAffinity") or {})
+    avoid = {
+        "weight": NODE_AVOIDANCE_WEIGHT,
+        "preference": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": avoid_nodes}
+            ]
+        },
+    }
+    preferred = list(node_affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or [])
+    node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [*preferred, avoid]
+    merged["nodeAffinity"] = node_affinity
+    return merged
+
+
 def build_container(
-    owner: Owner, spec: DiffusionTrainingJobSpec, attempt: int, resume_from: str | None
+    owner: Owner, spec: DiffusionTrainingJobSpec, inputs: AttemptInputs
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": c.WORKER_CONTAINER,
@@ -104,7 +144,7 @@ def build_container(
             "--config",
             f"{c.CONFIG_MOUNT_DIR}/{c.CONFIG_FILE_NAME}",
         ],
-        "env": build_env(owner, spec, attempt, resume_from),
+        "env": build_env(owner, spec, inputs),
         "ports": [
             {"name": "rendezvous", "containerPort": c.RENDEZVOUS_PORT, "protocol": "TCP"},
             {"name": c.METRICS_PORT_NAME, "containerPort": c.METRICS_PORT, "protocol": "TCP"},
@@ -139,8 +179,9 @@ def _added_capabilities(spec: DiffusionTrainingJobSpec) -> dict[str, list[str]]:
 
 
 def build_env(
-    owner: Owner, spec: DiffusionTrainingJobSpec, attempt: int, resume_from: str | None
+    owner: Owner, spec: DiffusionTrainingJobSpec, inputs: AttemptInputs
 ) -> list[dict[str, Any]]:
+    attempt, resume_from = inputs.attempt, inputs.resume_from
     nodes = spec.resources.nodes
     per_node = spec.processes_per_node
     master = names.master_address(owner.name, attempt, owner.namespace)
@@ -165,9 +206,26 @@ def build_env(
         ("HOME", {"value": "/tmp"}),
     ]
     topology += [(name, {"value": value}) for name, value in NCCL_DEFAULTS.items()]
+    topology += [(name, {"value": value}) for name, value in failure_env(spec).items()]
+    topology += [(name, {"value": value}) for name, value in sorted(inputs.trainer_env.items())]
     user = {e.name: e.model_dump(by_alias=True, exclude_none=True) for e in spec.env}
     merged = [{"name": name, **value} for name, value in topology if name not in user]
     return merged + list(user.values())
+
+
+def failure_env(spec: DiffusionTrainingJobSpec) -> dict[str, str]:
+    """How the trainer takes part in the failure policy (docs/fault-tolerance.md)."""
+    policy = spec.failure_policy
+    grace_s = spec.run_policy.termination_grace_period_seconds
+    env = {
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(grace_s - SHUTDOWN_MARGIN_S, 1)),
+        "DTJ_MAX_NONFINITE_SKIPS": str(policy.non_finite.max_consecutive_skips),
+    }
+    if policy.hang_timeout_seconds:
+        # A wedged collective fails on its own too, after the same time.
+        env["DTJ_HANG_TIMEOUT_S"] = str(policy.hang_timeout_seconds)
+        env["DTJ_COLLECTIVE_TIMEOUT_S"] = str(policy.hang_timeout_seconds)
+    return env
 
 
 def build_resources(spec: DiffusionTrainingJobSpec) -> dict[str, dict[str, str]]:

@@ -320,7 +320,7 @@ def test_restart_after_crash_between_job_creation_and_status_keeps_one_job(
     """The operator died after creating attempt 1's Job but before writing status."""
     from diffusion_operator.builders import Owner
     from diffusion_operator.spec import DiffusionTrainingJobSpec
-    from diffusion_operator.worker_job import build_worker_job
+    from diffusion_operator.worker_job import AttemptInputs, build_worker_job
 
     pool = make_gpu_pool(num_nodes=2)
     spec = job_spec(pool)
@@ -328,7 +328,7 @@ def test_restart_after_crash_between_job_creation_and_status_keeps_one_job(
     owner = Owner("crash", dtjs.namespace, created["metadata"]["uid"])
     parsed = DiffusionTrainingJobSpec.model_validate(created["spec"])
     dtjs.batch.create_namespaced_job(
-        dtjs.namespace, build_worker_job(owner, parsed, 1, None, False)
+        dtjs.namespace, build_worker_job(owner, parsed, AttemptInputs(attempt=1))
     )
     assert dtjs.status("crash") == {}
 

@@ -234,14 +234,14 @@ def test_cluster_scope_operator_serves_every_namespace_but_reads_no_secrets(inst
 def test_restricted_namespace_and_worker_pods(test_namespace, crd, pod_security, admitted):
     from diffusion_operator.builders import Owner
     from diffusion_operator.spec import DiffusionTrainingJobSpec
-    from diffusion_operator.worker_job import build_worker_job
+    from diffusion_operator.worker_job import AttemptInputs, build_worker_job
 
     ns = test_namespace
     restrict(ns)
     raw_spec = job_spec(NO_NODE, [], podSecurity=pod_security)
     owner_uid = create_training_job(ns, "psa", raw_spec)["metadata"]["uid"]
     spec = DiffusionTrainingJobSpec.model_validate(raw_spec)
-    job = build_worker_job(Owner("psa", ns.name, owner_uid), spec, 1, None, suspend=False)
+    job = build_worker_job(Owner("psa", ns.name, owner_uid), spec, AttemptInputs(attempt=1))
     ns.batch.create_namespaced_job(ns.name, job)
     if admitted:
         pods_matching(ns, "diffusion.dev/job-name=psa", 2)

@@ -11,7 +11,7 @@ import yaml
 from diffusion_operator.builders import Owner, build_config_map, build_service
 from diffusion_operator.render import render_trainer_config
 from diffusion_operator.spec import DiffusionTrainingJobSpec
-from diffusion_operator.worker_job import build_worker_job
+from diffusion_operator.worker_job import AttemptInputs, build_worker_job
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -27,7 +27,7 @@ def build_children(example: Path) -> list[dict]:
     return [
         build_config_map(owner, config),
         build_service(owner),
-        build_worker_job(owner, spec, attempt=2, resume_from="/ckpt/step-00000100", suspend=False),
+        build_worker_job(owner, spec, AttemptInputs(attempt=2, resume_from="/ckpt/step-00000100")),
     ]
 
 
@@ -94,7 +94,7 @@ def test_user_env_overrides_defaults_and_capabilities_are_opt_in():
         }
     )
     owner = Owner("j", "ns", "uid")
-    container = build_worker_job(owner, spec, 1, None, False)["spec"]["template"]["spec"][
+    container = build_worker_job(owner, spec, AttemptInputs(attempt=1))["spec"]["template"]["spec"][
         "containers"
     ][0]
     values = [

@@ -89,15 +89,28 @@ def test_complete_job_succeeds():
 
 
 def test_failure_without_restart_budget_fails_with_exit_code():
-    failed = pod(1, "Failed", exit_code=137, exit_reason="OOMKilled")
+    failed = pod(1, "Failed", exit_code=1, exit_reason="Error", exit_message="boom")
     observed = Observed([job()], [pod(0), failed])
     plan = plan_reconcile(state(running_status(), failurePolicy={"maxRestarts": 0}), observed, NOW)
     assert plan.status["phase"] == "Failed"
     failed_condition = condition(plan, "Failed")
     assert failed_condition["reason"] == "WorkerFailed"
-    assert "exit code 137 (OOMKilled)" in failed_condition["message"]
+    assert "exit code 1: boom" in failed_condition["message"]
+    assert "no restarts left (failurePolicy.maxRestarts: 0)" in failed_condition["message"]
     assert plan.delete_jobs == ["sd-a1"]
     assert plan.create_attempt is None
+
+
+def test_oom_killed_fails_at_once_and_names_the_knobs():
+    failed = pod(1, "Failed", exit_code=137, exit_reason="OOMKilled")
+    observed = Observed([job()], [pod(0), failed])
+    plan = plan_reconcile(state(running_status(), failurePolicy={"maxRestarts": 5}), observed, NOW)
+    assert plan.status["phase"] == "Failed"
+    message = condition(plan, "Failed")["message"]
+    assert condition(plan, "Failed")["reason"] == "OOMKilled"
+    assert "microBatchSize" in message and "activationCheckpointing" in message
+    assert plan.status["lastFailure"]["class"] == "OOMKilled"
+    assert plan.status.get("restarts") == 0
 
 
 def test_failure_with_budget_restarts_the_gang_after_backoff():
@@ -242,10 +255,11 @@ def test_start_deadline_ends_once_the_gang_has_run():
     assert ran.status["attemptRunningTime"] == format_time(NOW)
     drained = Observed([job()], [pod(0), pod(1, deleting=True)])
     plan = plan_reconcile(state(dict(ran.status), runPolicy=deadline), drained, NOW)
-    assert plan.status["phase"] == "Running"
-    assert condition(plan, "Running")["reason"] == "WorkersDisrupted"
-    assert "1/2 workers running" in condition(plan, "Running")["message"]
-    assert plan.delete_jobs == []
+    # A drained worker ends the attempt as a disruption, never as a missed start deadline.
+    assert plan.status["phase"] == "Restarting"
+    assert condition(plan, "Restarting")["reason"] == "WorkerTerminating"
+    assert (plan.status["restarts"], plan.status["disruptions"]) == (0, 1)
+    assert plan.delete_jobs == ["sd-a1"]
 
 
 def test_active_deadline_fails_and_stops_workers():

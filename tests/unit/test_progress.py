@@ -16,6 +16,7 @@ READING = {
     "imagesPerSecond": 712.3456,
     "loss": 0.1234567,
     "etaSeconds": 3725.2,
+    "activity": "training",
     "checkpoint": {"uri": "/ckpt/step-00000100", "step": 100, "time": "2026-11-29T12:00:00Z"},
 }
 
@@ -29,9 +30,16 @@ def test_progress_from_reading_rounds_and_formats():
         "loss": 0.12346,
         "etaSeconds": 3725,
         "eta": "1h02m",
+        "activity": "training",
         "updatedAt": "2026-11-29T12:01:00Z",
+        "stepAdvancedAt": "2026-11-29T12:01:00Z",
         "stale": False,
     }
+
+
+def test_unknown_activity_is_dropped():
+    progress = progress_from_reading({**READING, "activity": "dreaming"}, "2026-11-29T12:01:00Z")
+    assert progress["activity"] is None
 
 
 def test_non_finite_values_become_null_so_the_status_patch_stays_valid_json():
@@ -48,7 +56,18 @@ def test_a_reading_that_changes_nothing_keeps_the_status_as_it_is():
     assert fold_reading(first, same) is first  # no status write
     moved = progress_from_reading({**READING, "step": 130}, "2026-11-29T12:01:10Z")
     assert fold_reading(first, moved) == moved
-    assert fold_reading(mark_stale(first), same) == same  # reachable again: not stale
+    back = fold_reading(mark_stale(first), same)  # reachable again: not stale
+    assert back == {**same, "stepAdvancedAt": first["stepAdvancedAt"]}
+
+
+def test_the_hang_clock_moves_only_with_the_step_or_the_activity():
+    first = progress_from_reading(READING, "2026-11-29T12:01:00Z")
+    later = progress_from_reading({**READING, "loss": 0.2}, "2026-11-29T12:09:00Z")
+    assert fold_reading(first, later)["stepAdvancedAt"] == "2026-11-29T12:01:00Z"
+    saving = progress_from_reading({**READING, "activity": "checkpointing"}, "2026-11-29T12:09:00Z")
+    assert fold_reading(first, saving)["stepAdvancedAt"] == "2026-11-29T12:09:00Z"
+    moved = progress_from_reading({**READING, "step": 121}, "2026-11-29T12:10:00Z")
+    assert fold_reading(first, moved)["stepAdvancedAt"] == "2026-11-29T12:10:00Z"
 
 
 def test_eta_formats():

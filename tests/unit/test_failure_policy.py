@@ -1,0 +1,276 @@
+"""Failure classes, actions and budgets; node loss, stuck pods, hangs, rollback, goodput."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from test_lifecycle import NOW, condition, job, pod, running_status, state
+
+from diffusion_operator.attempt_end import stuck_pods
+from diffusion_operator.failures import Failure, choose_action, classify_pod, parse_summary
+from diffusion_operator.lifecycle import plan_reconcile
+from diffusion_operator.observed import NodeHealth, Observed
+from diffusion_operator.spec import FailurePolicy
+from diffusion_operator.timefmt import format_time
+
+
+def summary(**fields) -> str:
+    return json.dumps({"status": "failed", "exitCode": 1, "step": 70, **fields})
+
+
+def failed(index: int = 1, **fields):
+    return pod(index, "Failed", finished_at=NOW - timedelta(seconds=3), **fields)
+
+
+def end_attempt(*pods, status: dict | None = None, nodes=None, **policy):
+    observed = Observed([job()], [pod(0), *pods], nodes=nodes or {})
+    spec_fields = {"failurePolicy": {"maxRestarts": 2, **policy}}
+    return plan_reconcile(state(status or running_status(), **spec_fields), observed, NOW)
+
+
+@pytest.mark.parametrize(
+    ("fields", "klass", "reason"),
+    [
+        ({"exit_code": 1, "exit_message": summary(failureClass="ConfigError")}, "ConfigError",
+         "ConfigError"),
+        ({"exit_code": 2}, "ConfigError", "ConfigError"),
+        ({"exit_code": 1, "exit_message": summary(failureClass="NonFinite")}, "NonFinite",
+         "NonFinite"),
+        ({"exit_code": 1, "exit_message": summary(failureClass="Hang")}, "Hang", "Hang"),
+        ({"exit_code": 137, "exit_reason": "OOMKilled"}, "OOMKilled", "OOMKilled"),
+        ({"exit_code": 1, "exit_message": "torch.OutOfMemoryError: CUDA out of memory"},
+         "OOMKilled", "GpuOutOfMemory"),
+        ({"exit_code": 143, "disruption_reason": "PreemptionByScheduler"}, "Disruption",
+         "PreemptionByScheduler"),
+        ({"exit_code": 143}, "Disruption", "WorkerTerminated"),
+        ({"exit_code": 1, "exit_message": "Traceback ..."}, "Error", "WorkerFailed"),
+    ],
+)  # fmt: skip
+def test_classify_pod(fields, klass, reason):
+    message = fields.get("exit_message")
+    failure = classify_pod(failed(**fields, summary=parse_summary(message)))
+    assert (failure.failure_class, failure.reason) == (klass, reason)
+
+
+def test_rules_override_defaults_in_order_first_match_wins():
+    policy = FailurePolicy.model_validate(
+        {
+            "rules": [
+                {"action": "Fail", "onReasons": ["PreemptionByScheduler"], "onExitCodes": [9]},
+                {"action": "Restart", "onClasses": ["OOMKilled"]},
+                {"action": "Fail", "onClasses": ["OOMKilled"]},
+            ]
+        }
+    )
+    oom = Failure("OOMKilled", "OOMKilled", "", exit_code=137)
+    preempted = Failure("Disruption", "PreemptionByScheduler", "", exit_code=143)
+    assert choose_action(policy, oom) == "Restart"
+    assert choose_action(policy, preempted) == "RestartNotCounted"  # exit code did not match
+    assert choose_action(FailurePolicy(), Failure("Error", "WorkerFailed", "")) == "Restart"
+
+
+def test_disruption_restarts_without_spending_max_restarts():
+    plan = end_attempt(failed(exit_code=143, disruption_reason="PreemptionByScheduler"))
+    assert plan.status["phase"] == "Restarting"
+    assert (plan.status["restarts"], plan.status["disruptions"]) == (0, 1)
+    assert plan.status["lastFailure"]["class"] == "Disruption"
+    assert plan.status["lastFailure"]["action"] == "RestartNotCounted"
+    assert "not counted" in condition(plan, "Restarting")["message"]
+
+
+def test_disruptions_have_their_own_cap():
+    status = running_status(disruptions=3)
+    plan = end_attempt(failed(exit_code=143, disruption_reason="EvictionByEvictionAPI"),
+                       status=status, maxDisruptions=3)  # fmt: skip
+    assert plan.status["phase"] == "Failed"
+    assert "failurePolicy.maxDisruptions: 3" in condition(plan, "Failed")["message"]
+
+
+def test_config_error_fails_at_once_with_the_trainer_message():
+    message = summary(failureClass="ConfigError", message="data.train.local holds no MDS dataset")
+    plan = end_attempt(failed(exit_code=1, summary=parse_summary(message)))
+    assert plan.status["phase"] == "Failed"
+    assert condition(plan, "Failed")["reason"] == "ConfigError"
+    assert "holds no MDS dataset" in condition(plan, "Failed")["message"]
+    assert plan.status.get("restarts") == 0
+
+
+def test_the_trainer_class_explains_the_attempt_before_its_peers_plain_errors():
+    root = failed(1, exit_code=1, summary=parse_summary(summary(failureClass="Hang")))
+    peer = pod(2, "Failed", exit_code=1, finished_at=NOW - timedelta(seconds=30))
+    plan = end_attempt(root, peer)
+    assert plan.status["lastFailure"]["reason"] == "Hang"
+
+
+def test_non_finite_rolls_back_past_the_offending_step():
+    status = running_status(checkpoint={"latestUri": "/c/step-00000060", "step": 60})
+    message = summary(failureClass="NonFinite", step=73)
+    plan = end_attempt(failed(exit_code=1, summary=parse_summary(message)), status=status)
+    assert plan.status["rollbacks"] == 1 and plan.status["restarts"] == 0
+    assert plan.status["rollback"] == {"attempt": 2, "checkpoints": 1, "skipDataToStep": 73}
+    assert plan.status["checkpoint"] is None  # the newer checkpoints are abandoned
+    leftovers_gone = Observed([job(deleting=True)], [])
+    again = plan_reconcile(
+        state({**plan.status, "restartAfter": format_time(NOW)}, failurePolicy={}),
+        leftovers_gone,
+        NOW,
+    )
+    assert again.create_attempt == 2
+    assert again.resume_from is None
+    assert again.trainer_env == {"DTJ_ROLLBACK_CHECKPOINTS": "1", "DTJ_DATA_SKIP_TO_STEP": "73"}
+
+
+def test_rollbacks_are_bounded():
+    status = running_status(rollbacks=1)
+    message = summary(failureClass="NonFinite", step=73)
+    plan = end_attempt(failed(exit_code=1, summary=parse_summary(message)), status=status,
+                       nonFinite={"maxRollbacks": 1})  # fmt: skip
+    assert plan.status["phase"] == "Failed"
+    assert "nonFinite.maxRollbacks: 1" in condition(plan, "Failed")["message"]
+
+
+def test_failure_target_ends_the_attempt_while_a_pod_is_still_terminating():
+    stuck = pod(1, deleting=True, node_name="n1", deletion_requested_at=NOW)
+    observed = Observed([job(failure_target=True)], [pod(0), stuck])
+    plan = plan_reconcile(state(running_status()), observed, NOW)
+    assert plan.status["phase"] == "Restarting"
+    assert plan.delete_jobs == ["sd-a1"]
+
+
+def test_a_worker_on_a_not_ready_node_ends_the_attempt_after_the_timeout():
+    since = NOW - timedelta(seconds=20)
+    unwell = pod(1, node_name="gpu-7", not_ready_since=since)
+    nodes = {"gpu-7": NodeHealth(ready=False, not_ready_since=since, reason="NodeStatusUnknown")}
+    waiting = end_attempt(unwell, nodes=nodes, nodeNotReadyTimeoutSeconds=60)
+    assert waiting.status["phase"] == "Running"
+    assert waiting.requeue_after_s == pytest.approx(40)
+    plan = end_attempt(unwell, nodes=nodes, nodeNotReadyTimeoutSeconds=10)
+    assert condition(plan, "Restarting")["reason"] == "NodeNotReady"
+    assert plan.status["disruptions"] == 1
+    assert [n["name"] for n in plan.status["avoidedNodes"]] == ["gpu-7"]
+    assert plan.status["incidents"][-1]["detectSeconds"] == 20
+
+
+def test_a_ready_node_is_not_blamed_for_an_unready_pod():
+    unwell = pod(1, node_name="gpu-7", not_ready_since=NOW - timedelta(hours=1))
+    plan = end_attempt(unwell, nodes={"gpu-7": NodeHealth()}, nodeNotReadyTimeoutSeconds=10)
+    assert plan.status["phase"] == "Running"
+
+
+def test_a_deleted_node_is_a_node_lost_disruption():
+    gone = pod(1, node_name="gpu-7", not_ready_since=NOW)
+    plan = end_attempt(gone, nodes={"gpu-7": NodeHealth(exists=False, ready=False)})
+    assert condition(plan, "Restarting")["reason"] == "NodeLost"
+
+
+def test_a_vanished_worker_ends_a_gang_that_ran():
+    status = running_status(attemptRunningTime=format_time(NOW - timedelta(minutes=1)))
+    observed = Observed([job()], [pod(0)])
+    plan = plan_reconcile(state(status), observed, NOW)
+    assert condition(plan, "Restarting")["reason"] == "WorkerLost"
+
+
+def test_stuck_pods_on_dead_nodes_are_force_deleted_past_the_bound():
+    spec = state(failurePolicy={"podTerminationTimeoutSeconds": 30}).spec
+    dead = {"gpu-7": NodeHealth(ready=False), "gpu-1": NodeHealth()}
+    old = NOW - timedelta(seconds=31)
+    pods = [
+        pod(0, attempt=1, node_name="gpu-7", deleting=True, deletion_requested_at=old),
+        pod(1, attempt=1, node_name="gpu-1", deleting=True, deletion_requested_at=old),
+        pod(2, attempt=1, node_name="gpu-7", deleting=True, deletion_requested_at=NOW),
+    ]
+    stuck, due_s = stuck_pods(spec, pods, Observed(nodes=dead), NOW)
+    assert [p.index for p in stuck] == [0]  # gpu-1 is Ready: its kubelet finishes the job
+    assert due_s == [30]
+
+
+def test_next_attempt_force_deletes_stuck_workers_and_prefers_other_nodes():
+    old = NOW - timedelta(minutes=5)
+    stuck = pod(1, attempt=1, node_name="gpu-7", deleting=True, deletion_requested_at=old,
+                uid="u-1")  # fmt: skip
+    until = format_time(NOW + timedelta(hours=1))
+    status = {
+        **running_status(attempt=2),
+        "phase": "Restarting",
+        "avoidedNodes": [{"name": "gpu-7", "reason": "NodeNotReady", "until": until}],
+    }
+    observed = Observed([], [stuck], nodes={"gpu-7": NodeHealth(ready=False)})
+    plan = plan_reconcile(state(status), observed, NOW)
+    assert plan.force_delete_pods == [("sd-a1-1", "u-1")]
+    assert [e.reason for e in plan.events] == ["ForceDeletedWorker"]
+    assert plan.create_attempt is None  # only once it is gone
+    created = plan_reconcile(state(status), Observed(), NOW)
+    assert created.create_attempt == 2
+    assert created.avoid_nodes == ["gpu-7"]
+
+
+def test_expired_node_avoidance_is_dropped():
+    status = {
+        **running_status(attempt=2),
+        "phase": "Restarting",
+        "avoidedNodes": [{"name": "gpu-7", "reason": "NodeLost", "until": format_time(NOW)}],
+    }
+    created = plan_reconcile(state(status), Observed(), NOW)
+    assert created.avoid_nodes == []
+    assert created.status["avoidedNodes"] is None
+
+
+def hang_status(idle_s: float, activity: str = "training") -> dict:
+    return running_status(
+        attemptRunningTime=format_time(NOW - timedelta(hours=1)),
+        progress={
+            "step": 40,
+            "activity": activity,
+            "stepAdvancedAt": format_time(NOW - timedelta(seconds=idle_s)),
+        },
+    )
+
+
+def test_a_step_that_stops_advancing_is_a_hang_after_the_backstop_delay():
+    observed = Observed([job()], [pod(0), pod(1)])
+    spec_fields = {"failurePolicy": {"hangTimeoutSeconds": 100, "maxRestarts": 1}}
+    early = plan_reconcile(state(hang_status(110), **spec_fields), observed, NOW)
+    assert early.status["phase"] == "Running"
+    assert early.requeue_after_s == pytest.approx(15)
+    hung = plan_reconcile(state(hang_status(126), **spec_fields), observed, NOW)
+    assert condition(hung, "Restarting")["reason"] == "StepStalled"
+    assert hung.status["lastFailure"]["class"] == "Hang"
+    assert hung.status["restarts"] == 1
+    saving = plan_reconcile(state(hang_status(500, "checkpointing"), **spec_fields), observed, NOW)
+    assert saving.status["phase"] == "Running"
+
+
+def test_the_final_checkpoint_comes_from_the_trainer_summary():
+    status = running_status(checkpoint={"latestUri": "/c/step-00000040", "step": 40})
+    final = summary(status="completed", lastCheckpoint="/c/step-00000060", lastCheckpointStep=60)
+    done = pod(0, "Succeeded", summary=parse_summary(final), finished_at=NOW)
+    plan = plan_reconcile(state(status), Observed([job(complete=True)], [done]), NOW)
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["checkpoint"]["step"] == 60
+    assert plan.status["checkpoint"]["latestUri"] == "/c/step-00000060"
+
+
+def test_goodput_counts_work_since_the_last_checkpoint_as_lost():
+    ran_at = NOW - timedelta(seconds=100)
+    status = running_status(
+        attemptRunningTime=format_time(ran_at),
+        checkpoint={"step": 10, "time": format_time(NOW - timedelta(seconds=30))},
+    )
+    gpus = {"resources": {"nodes": 2, "gpusPerNode": 8}}
+    observed = Observed([job()], [pod(0), pod(1, "Failed", exit_code=1, finished_at=NOW)])
+    plan = plan_reconcile(state(status, **gpus), observed, NOW)
+    goodput = plan.status["goodput"]
+    assert goodput["allocatedGpuSeconds"] == 1600  # 100 s x 16 GPUs
+    assert goodput["lostGpuSeconds"] == 480  # 30 s since the checkpoint x 16
+    assert goodput["productiveGpuSeconds"] == 1120
+    later = NOW + timedelta(seconds=20)
+    recovered = plan_reconcile(
+        state({**plan.status, "phase": "Restarting"}, **gpus),
+        Observed([job(attempt=2)], [pod(0, attempt=2), pod(1, attempt=2)]),
+        later,
+    )
+    incident = recovered.incident_closed
+    assert incident is not None and incident["recoverSeconds"] == 20
+    assert recovered.status["goodput"]["lostGpuSeconds"] == 480 + 20 * 16
