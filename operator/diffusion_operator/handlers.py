@@ -18,6 +18,7 @@ from kubernetes import client, config
 from diffusion_operator import constants as c
 from diffusion_operator import metrics
 from diffusion_operator.kube import Kube
+from diffusion_operator.node_health import record_node
 from diffusion_operator.reconcile import forget_job, forget_vanished_jobs, reconcile
 from diffusion_operator.settings import OperatorSettings, load_settings
 
@@ -133,6 +134,16 @@ def on_child(namespace: str | None, labels: Mapping[str, str], logger: Any, **_:
     job_name = labels.get(c.LABEL_JOB_NAME)
     if job_name and namespace:
         reconcile_safely(namespace, job_name, logger)
+
+
+def on_node(type: str | None, name: str | None, body: Mapping[str, Any], **_: Any) -> None:
+    """Node health for every pass; passes read it, the resync acts on it."""
+    if name:
+        record_node(name, None if type == "DELETED" else body)
+
+
+if load_settings().watch_nodes:  # off where the operator may not list/watch nodes
+    kopf.on.event("v1", "nodes", id="node-health")(on_node)
 
 
 def job_key(body: Mapping[str, Any]) -> str:

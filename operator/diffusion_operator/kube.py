@@ -14,6 +14,7 @@ from diffusion_operator import constants as c
 from diffusion_operator.builders import Owner
 from diffusion_operator.failures import parse_summary
 from diffusion_operator.metrics import API_ERRORS
+from diffusion_operator.node_health import known_health
 from diffusion_operator.observed import AttemptJob, NodeHealth, Observed, WorkerPod
 
 NOT_FOUND = 404
@@ -78,12 +79,27 @@ class Kube:
             jobs=[to_attempt_job(j) for j in jobs if is_owned_by(j, owner_uid)],
             pods=ours,
             num_foreign_pods=len(pods) - len(ours),
-            nodes=self.read_nodes({p.node_name for p in ours if looks_unwell(p) and p.node_name}),
+            nodes=self.nodes_of(ours),
         )
 
+    def nodes_of(self, pods: list[WorkerPod]) -> dict[str, NodeHealth]:
+        """What the node watch knows of the workers' nodes; a node it has not seen (deleted
+        before the operator started, or no watch) is read, for unwell workers only."""
+        health: dict[str, NodeHealth] = {}
+        unseen: set[str] = set()
+        for pod in pods:
+            if not pod.node_name or pod.node_name in health:
+                continue
+            known = known_health(pod.node_name)
+            if known is not None:
+                health[pod.node_name] = known
+            elif looks_unwell(pod):
+                unseen.add(pod.node_name)
+        return {**health, **self.read_nodes(unseen)}
+
     def read_nodes(self, names: set[str]) -> dict[str, NodeHealth]:
-        """Nodes of unwell workers only: a healthy gang costs no node reads. Without the
-        permission to read nodes, the pods' own Ready condition is all there is to go on."""
+        """Without the permission to read nodes, the pods' own Ready condition is all there is
+        to go on."""
         health: dict[str, NodeHealth] = {}
         for name in sorted(names):
             try:

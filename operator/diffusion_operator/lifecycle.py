@@ -118,9 +118,14 @@ class _Planner:
 
     def fail(self, reason: str, message: str) -> None:
         job = self.observed.job(self.attempt)
-        if job and not job.finished:
+        if job and not job.finished and not self.has_failed_worker(self.attempt):
             self.plan.delete_jobs.append(job.name)  # stops the workers that still run
+        # A failed worker fails the Job (backoffLimit 0): the Job controller stops the others
+        # and the failed pods stay, with their logs, until the job is deleted.
         self.set_phase("Failed", reason, message)
+
+    def has_failed_worker(self, attempt: int) -> bool:
+        return any(p.phase == "Failed" for p in self.observed.pods_of(attempt))
 
     @property
     def attempt(self) -> int:
@@ -160,7 +165,9 @@ class _Planner:
         if self.old_phase == "Failed":
             # Level-based: a delete that did not happen when the job failed happens now.
             self.plan.delete_jobs.extend(
-                job.name for job in self.observed.jobs if not (job.finished or job.deleting)
+                job.name
+                for job in self.observed.jobs
+                if not (job.finished or job.deleting or self.has_failed_worker(job.attempt))
             )
         ttl = self.spec.run_policy.ttl_seconds_after_finished
         finished = parse_time(self.status.get("completionTime"))

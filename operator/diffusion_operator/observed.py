@@ -45,7 +45,8 @@ class AttemptJob:
 
     @property
     def finished(self) -> bool:
-        return self.complete or self.failed
+        """Complete or failed, or failing: the Job controller stops what still runs."""
+        return self.complete or self.failed or self.failure_target
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ class OperatorSettings(BaseModel):
     liveness_port: Annotated[int, Field(ge=1, le=65535)] = 8080
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     default_checkpoint_root: str = "/checkpoints"
+    watch_nodes: Annotated[
+        bool,
+        Field(description="Watch nodes (get/list/watch on nodes) to see NotReady and lost ones."),
+    ] = True
     progress_address: Annotated[
         Literal["pod-ip", "service-dns"],
         Field(description="How to reach rank 0's progress endpoint."),

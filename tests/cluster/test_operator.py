@@ -87,7 +87,9 @@ def test_job_runs_on_gpu_nodes_and_succeeds(
     assert samples[("dtj_operator_reconcile_duration_seconds_count", ())] > 0
 
 
-def test_failed_worker_without_restarts_fails_the_job(dtjs, make_gpu_pool, operator, job_spec):
+def test_an_oom_killed_worker_fails_the_job_and_names_the_knobs(
+    dtjs, make_gpu_pool, operator, job_spec
+):
     pool = make_gpu_pool(num_nodes=2)
     dtjs.create("oom", job_spec(pool))
     pods = dtjs.running_pods("oom", attempt=1, count=2)
@@ -99,8 +101,9 @@ def test_failed_worker_without_restarts_fails_the_job(dtjs, make_gpu_pool, opera
     )
     dtjs.wait_phase("oom", "Failed")
     failed = dtjs.condition("oom", "Failed")
-    assert failed["reason"] == "WorkerFailed"
-    assert "exit code 137 (OOMKilled)" in failed["message"]
+    assert failed["reason"] == "OOMKilled"
+    assert "was OOMKilled (exit code 137)" in failed["message"]
+    assert "spec.training.microBatchSize" in failed["message"]
     assert dtjs.status("oom")["restarts"] == 0
 
 
@@ -151,12 +154,19 @@ def test_gang_restart_resumes_from_checkpoint_after_old_pods_are_gone(
 
     restart_key = (
         "dtj_operator_restarts_total",
-        (("job", "gang"), ("namespace", dtjs.namespace), ("reason", "WorkerFailed")),
+        (
+            ("action", "Restart"),
+            ("class", "Error"),
+            ("job", "gang"),
+            ("namespace", dtjs.namespace),
+            ("reason", "WorkerFailed"),
+        ),
     )
     assert operator_metrics()[restart_key] == 1
-    finish_pods(dtjs, pods[:1], "Failed", **{"testenv.diffusion.dev/exit-code": "2"})
+    finish_pods(dtjs, pods[:1], "Failed", **{"testenv.diffusion.dev/exit-code": "1"})
     dtjs.wait_phase("gang", "Failed")
-    assert "no restarts left (maxRestarts: 1)" in dtjs.condition("gang", "Failed")["message"]
+    message = dtjs.condition("gang", "Failed")["message"]
+    assert "no restarts left (failurePolicy.maxRestarts: 1)" in message
     assert dtjs.status("gang")["restarts"] == 1
 
 

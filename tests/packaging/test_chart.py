@@ -36,6 +36,7 @@ OPERATOR_PERMISSIONS = {
     ("batch", "jobs", "delete"),  # gang restart
     ("", "pods", "list"),  # observe workers
     ("", "pods", "watch"),  # a change triggers a pass
+    ("", "pods", "delete"),  # force-delete a worker stuck on a dead node
     ("", "configmaps", "create"),  # trainer config
     ("", "configmaps", "patch"),  # trainer config on spec change
     ("", "services", "create"),  # headless rendezvous Service
@@ -216,9 +217,19 @@ def test_operator_settings_are_valid_operator_settings(render):
     assert settings.liveness_port == 8080
 
 
+NODE_READER = {("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch")}
+
+
+def node_reader(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in of_kind(objects, "ClusterRole") if r["metadata"]["name"].endswith("-reader")]
+
+
 def test_namespaced_scope_binds_roles_in_each_watched_namespace(render):
     objects = render({"rbac.watchNamespaces": "{team-a,team-b}"})
-    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    # The only cluster-wide grant: reading nodes.
+    (reader,) = of_kind(objects, "ClusterRole")
+    assert permissions(reader) == NODE_READER
+    assert not of_kind(render({"rbac.readNodes": "false"}), "ClusterRole")
     roles = of_kind(objects, "Role")
     assert {r["metadata"]["namespace"] for r in roles} == {"ops", "team-a", "team-b"}
     for role in roles:
@@ -234,10 +245,13 @@ def test_namespaced_scope_binds_roles_in_each_watched_namespace(render):
 def test_cluster_scope_uses_one_cluster_role(render):
     objects = render(CLUSTER_SCOPE)
     assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
-    (role,) = of_kind(objects, "ClusterRole")
+    (role,) = [r for r in of_kind(objects, "ClusterRole") if r not in node_reader(objects)]
     assert permissions(role) == OPERATOR_PERMISSIONS
-    (binding,) = of_kind(objects, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    bindings = of_kind(objects, "ClusterRoleBinding")
+    assert {b["roleRef"]["name"] for b in bindings} == {
+        role["metadata"]["name"],
+        node_reader(objects)[0]["metadata"]["name"],
+    }
     assert env_of(operator_container(objects))["DTJ_OPERATOR_NAMESPACES"] == ""
 
 

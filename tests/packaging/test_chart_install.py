@@ -183,6 +183,7 @@ OPERATOR_NEEDS = [
     ("delete", "jobs.batch"),
     ("list", "pods"),
     ("watch", "pods"),
+    ("delete", "pods"),
     ("create", "configmaps"),
     ("create", "services"),
     ("create", "events"),
@@ -193,14 +194,18 @@ NEVER_ALLOWED = [
     ("watch", "secrets"),
     ("create", "secrets"),
     ("create", "pods"),
-    ("delete", "pods"),
     ("create", "pods/exec"),
     ("get", "configmaps"),
     ("patch", DTJ),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("*", "*"),
 ]
-CLUSTER_WIDE_NEVER = [("list", "namespaces"), ("list", "nodes"), ("list", "secrets")]
+CLUSTER_WIDE_NEVER = [
+    ("list", "namespaces"),
+    ("patch", "nodes"),
+    ("delete", "nodes"),
+    ("list", "secrets"),
+]
 
 
 def test_namespaced_operator_cannot_read_secrets_or_leave_its_namespace(install_chart, can_i):
@@ -213,6 +218,7 @@ def test_namespaced_operator_cannot_read_secrets_or_leave_its_namespace(install_
     assert not can_i(me, "list", DTJ, "--all-namespaces")
     assert not can_i(me, "list", "customresourcedefinitions.apiextensions.k8s.io")
     assert [verb for verb in CLUSTER_WIDE_NEVER if can_i(me, *verb, "--all-namespaces")] == []
+    assert can_i(me, "watch", "nodes")  # a worker's node: NotReady, unreachable or deleted?
 
 
 def test_cluster_scope_operator_serves_every_namespace_but_reads_no_secrets(install_chart, can_i):

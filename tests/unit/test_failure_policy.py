@@ -33,21 +33,33 @@ def end_attempt(*pods, status: dict | None = None, nodes=None, **policy):
 @pytest.mark.parametrize(
     ("fields", "klass", "reason"),
     [
-        ({"exit_code": 1, "exit_message": summary(failureClass="ConfigError")}, "ConfigError",
-         "ConfigError"),
+        (
+            {"exit_code": 1, "exit_message": summary(failureClass="ConfigError")},
+            "ConfigError",
+            "ConfigError",
+        ),
         ({"exit_code": 2}, "ConfigError", "ConfigError"),
-        ({"exit_code": 1, "exit_message": summary(failureClass="NonFinite")}, "NonFinite",
-         "NonFinite"),
+        (
+            {"exit_code": 1, "exit_message": summary(failureClass="NonFinite")},
+            "NonFinite",
+            "NonFinite",
+        ),
         ({"exit_code": 1, "exit_message": summary(failureClass="Hang")}, "Hang", "Hang"),
         ({"exit_code": 137, "exit_reason": "OOMKilled"}, "OOMKilled", "OOMKilled"),
-        ({"exit_code": 1, "exit_message": "torch.OutOfMemoryError: CUDA out of memory"},
-         "OOMKilled", "GpuOutOfMemory"),
-        ({"exit_code": 143, "disruption_reason": "PreemptionByScheduler"}, "Disruption",
-         "PreemptionByScheduler"),
+        (
+            {"exit_code": 1, "exit_message": "torch.OutOfMemoryError: CUDA out of memory"},
+            "OOMKilled",
+            "GpuOutOfMemory",
+        ),
+        (
+            {"exit_code": 143, "disruption_reason": "PreemptionByScheduler"},
+            "Disruption",
+            "PreemptionByScheduler",
+        ),
         ({"exit_code": 143}, "Disruption", "WorkerTerminated"),
         ({"exit_code": 1, "exit_message": "Traceback ..."}, "Error", "WorkerFailed"),
     ],
-)  # fmt: skip
+)
 def test_classify_pod(fields, klass, reason):
     message = fields.get("exit_message")
     failure = classify_pod(failed(**fields, summary=parse_summary(message)))
@@ -82,8 +94,11 @@ def test_disruption_restarts_without_spending_max_restarts():
 
 def test_disruptions_have_their_own_cap():
     status = running_status(disruptions=3)
-    plan = end_attempt(failed(exit_code=143, disruption_reason="EvictionByEvictionAPI"),
-                       status=status, maxDisruptions=3)  # fmt: skip
+    plan = end_attempt(
+        failed(exit_code=143, disruption_reason="EvictionByEvictionAPI"),
+        status=status,
+        maxDisruptions=3,
+    )
     assert plan.status["phase"] == "Failed"
     assert "failurePolicy.maxDisruptions: 3" in condition(plan, "Failed")["message"]
 
@@ -125,8 +140,11 @@ def test_non_finite_rolls_back_past_the_offending_step():
 def test_rollbacks_are_bounded():
     status = running_status(rollbacks=1)
     message = summary(failureClass="NonFinite", step=73)
-    plan = end_attempt(failed(exit_code=1, summary=parse_summary(message)), status=status,
-                       nonFinite={"maxRollbacks": 1})  # fmt: skip
+    plan = end_attempt(
+        failed(exit_code=1, summary=parse_summary(message)),
+        status=status,
+        nonFinite={"maxRollbacks": 1},
+    )
     assert plan.status["phase"] == "Failed"
     assert "nonFinite.maxRollbacks: 1" in condition(plan, "Failed")["message"]
 
@@ -188,8 +206,9 @@ def test_stuck_pods_on_dead_nodes_are_force_deleted_past_the_bound():
 
 def test_next_attempt_force_deletes_stuck_workers_and_prefers_other_nodes():
     old = NOW - timedelta(minutes=5)
-    stuck = pod(1, attempt=1, node_name="gpu-7", deleting=True, deletion_requested_at=old,
-                uid="u-1")  # fmt: skip
+    stuck = pod(
+        1, attempt=1, node_name="gpu-7", deleting=True, deletion_requested_at=old, uid="u-1"
+    )
     until = format_time(NOW + timedelta(hours=1))
     status = {
         **running_status(attempt=2),

@@ -97,8 +97,13 @@ def test_failure_without_restart_budget_fails_with_exit_code():
     assert failed_condition["reason"] == "WorkerFailed"
     assert "exit code 1: boom" in failed_condition["message"]
     assert "no restarts left (failurePolicy.maxRestarts: 0)" in failed_condition["message"]
-    assert plan.delete_jobs == ["sd-a1"]
+    # The Job controller stops the other worker; the failed pod keeps its logs.
+    assert plan.delete_jobs == []
     assert plan.create_attempt is None
+    again = plan_reconcile(
+        JobState("sd", "ns", 1, plan.spec or spec_of(), plan.status), observed, NOW
+    )
+    assert again.delete_jobs == []
 
 
 def test_oom_killed_fails_at_once_and_names_the_knobs():

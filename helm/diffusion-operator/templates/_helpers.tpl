@@ -80,10 +80,12 @@ reference them by name; the operator never reads them) and no wildcards.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Worker pods are only observed (phase, exit codes, scheduling); a change triggers a pass.
+# Worker pods are observed (phase, exit codes, scheduling); a change triggers a pass. A worker
+# still terminating on a NotReady or deleted node past failurePolicy.podTerminationTimeoutSeconds
+# is force-deleted, so that the next attempt can start.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "delete"]
 # The rendered trainer config and the headless rendezvous Service.
 - apiGroups: [""]
   resources: ["configmaps"]
