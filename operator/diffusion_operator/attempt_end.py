@@ -14,11 +14,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from diffusion_operator.failures import Failure, classify_pod, most_telling, node_failure
+from diffusion_operator.failures import (
+    Failure,
+    classify_pod,
+    is_conclusive,
+    most_telling,
+    node_failure,
+)
 from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
 from diffusion_operator.spec import DiffusionTrainingJobSpec
 from diffusion_operator.timefmt import parse_time
 
+# A plain error or a terminated worker may be the echo of another worker's failure that the
+# API has not shown yet (its summary names the real cause): wait this long after the first
+# failure for the gang's other workers to end before deciding.
+SETTLE_S = 5.0
 # The operator's hang check is a backstop behind the trainer's own watchdog (which dumps every
 # rank's stacks and exits as Hang): it fires this much later than hangTimeoutSeconds.
 HANG_BACKSTOP_FACTOR = 1.25
@@ -46,12 +56,26 @@ class AttemptWatch:
         failures += [terminating(p) for p in pods if p.deleting and p.phase != "Failed"]
         failures += self.node_failures([p for p in pods if p.phase in ("Pending", "Running")])
         failures += self.lost_workers(pods)
-        self.detection.failure = most_telling(failures)
+        self.detection.failure = self.settled(most_telling(failures), pods)
         if self.detection.failure is None and (job.failed or job.failure_target):
             condition = "Failed" if job.failed else "FailureTarget"
             message = f"the worker Job {job.name} has condition {condition} and no failed worker"
             self.detection.failure = Failure("Error", "JobFailed", message, failed_at=self.now)
         return self.detection
+
+    def settled(self, failure: Failure | None, pods: list[WorkerPod]) -> Failure | None:
+        """The failure, or None for now while it is inconclusive, recent, and other workers
+        have yet to end."""
+        if failure is None or is_conclusive(failure):
+            return failure
+        others_running = any(p.phase in ("Pending", "Running") and not p.deleting for p in pods)
+        if failure.failed_at is None or not others_running:
+            return failure
+        waited_s = (self.now - failure.failed_at).total_seconds()
+        if waited_s < SETTLE_S:
+            self.detection.recheck_after_s.append(SETTLE_S - waited_s)
+            return None
+        return failure
 
     def node_failures(self, pods: list[WorkerPod]) -> list[Failure]:
         failures = []

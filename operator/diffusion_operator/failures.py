@@ -45,6 +45,10 @@ GPU_OOM_HINT = (
     "lower spec.training.microBatchSize or set spec.training.activationCheckpointing: true"
 )
 GPU_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError")
+# A worker stopped by SIGTERM or deleted with no disruption condition: most often the Job
+# controller stopping the gang after another worker failed. It explains an attempt's end only
+# when nothing else does.
+COLLATERAL_REASONS = ("WorkerTerminated", "WorkerTerminating")
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,12 @@ def node_failure(pod: WorkerPod, reason: str, detail: str, since: datetime | Non
     return Failure("Disruption", reason, message, failed_at=since, node_name=pod.node_name)
 
 
+def explanatory_rank(failure: Failure) -> int:
+    if failure.reason in COLLATERAL_REASONS:
+        return len(PRIORITY)
+    return PRIORITY.index(failure.failure_class)
+
+
 def most_telling(failures: list[Failure]) -> Failure | None:
     """The failure that explains the attempt's end best (see PRIORITY)."""
     if not failures:
@@ -129,10 +139,15 @@ def most_telling(failures: list[Failure]) -> Failure | None:
     return min(
         failures,
         key=lambda f: (
-            PRIORITY.index(f.failure_class),
+            explanatory_rank(f),
             f.failed_at.timestamp() if f.failed_at else float("inf"),
         ),
     )
+
+
+def is_conclusive(failure: Failure) -> bool:
+    """A failure that no later news from the other workers could explain better."""
+    return explanatory_rank(failure) < PRIORITY.index("Error")
 
 
 def rule_matches(rule: Any, failure: Failure) -> bool:

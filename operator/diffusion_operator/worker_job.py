@@ -16,6 +16,9 @@ COMPLETION_INDEX_FIELD = f"metadata.annotations['{c.JOB_COMPLETION_INDEX_ANNOTAT
 # (torchrun itself must exit before the kubelet kills the container).
 SHUTDOWN_MARGIN_S = 10
 NODE_AVOIDANCE_WEIGHT = 100
+# Hang detection, in order: the trainer's watchdog (1x hangTimeoutSeconds, stacks in the logs),
+# the operator's backstop (1.25x), the collective timeout (2x).
+COLLECTIVE_TIMEOUT_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -205,9 +208,8 @@ def build_env(
         ("POD_NAME", {"valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         ("HOME", {"value": "/tmp"}),
     ]
-    topology += [(name, {"value": value}) for name, value in NCCL_DEFAULTS.items()]
-    topology += [(name, {"value": value}) for name, value in failure_env(spec).items()]
-    topology += [(name, {"value": value}) for name, value in sorted(inputs.trainer_env.items())]
+    defaults = {**NCCL_DEFAULTS, **failure_env(spec), **dict(sorted(inputs.trainer_env.items()))}
+    topology += [(name, {"value": value}) for name, value in defaults.items()]
     user = {e.name: e.model_dump(by_alias=True, exclude_none=True) for e in spec.env}
     merged = [{"name": name, **value} for name, value in topology if name not in user]
     return merged + list(user.values())
@@ -222,9 +224,12 @@ def failure_env(spec: DiffusionTrainingJobSpec) -> dict[str, str]:
         "DTJ_MAX_NONFINITE_SKIPS": str(policy.non_finite.max_consecutive_skips),
     }
     if policy.hang_timeout_seconds:
-        # A wedged collective fails on its own too, after the same time.
         env["DTJ_HANG_TIMEOUT_S"] = str(policy.hang_timeout_seconds)
-        env["DTJ_COLLECTIVE_TIMEOUT_S"] = str(policy.hang_timeout_seconds)
+        # A wedged collective fails on its own too, where the watchdog thread cannot run; later
+        # than the watchdog, which dumps every rank's stacks first.
+        env["DTJ_COLLECTIVE_TIMEOUT_S"] = str(
+            COLLECTIVE_TIMEOUT_FACTOR * policy.hang_timeout_seconds
+        )
     return env
 
 

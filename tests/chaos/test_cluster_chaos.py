@@ -236,3 +236,56 @@ def test_conflicting_status_writes_do_not_lose_a_restart(dtjs, make_gpu_pool, op
     finish(dtjs, new_pods, outcome="Succeeded")
     assert_recovered(dtjs, "racy", phase="Succeeded", attempt=2, restarts=1, reason="WorkerFailed")
     assert sorted(j.metadata.name for j in dtjs.jobs("racy")) == ["racy-a2"]
+
+
+@pytest.fixture
+def frozen_trainer():
+    """A progress endpoint whose step never moves while it says it trains: a hung gang as the
+    operator sees it. Served on a loopback address the kwok pod-ip stage gives rank 0."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    reading = {"step": 5, "totalSteps": 100, "activity": "training", "loss": 0.5}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(reading).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    address = "127.0.0.77"
+    server = ThreadingHTTPServer((address, 9400), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield address
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_step_that_stops_advancing_restarts_the_gang_as_a_hang(
+    dtjs, make_gpu_pool, operator, job_spec, frozen_trainer
+):
+    pool = make_gpu_pool(num_nodes=2)
+    spec = job_spec(pool, failurePolicy=policy(hangTimeoutSeconds=10))
+    spec["podAnnotations"] = annotations(pod_ip=frozen_trainer)
+    dtjs.create("hung", spec)
+    dtjs.running_pods("hung", attempt=1, count=2)
+    wait_until(
+        lambda: (dtjs.status("hung").get("progress") or {}).get("activity") == "training",
+        30,
+        "a progress reading",
+    )
+    new_pods = dtjs.running_pods("hung", attempt=2, count=2, timeout_s=60)
+    failure = dtjs.status("hung")["lastFailure"]
+    assert (failure["reason"], failure["class"]) == ("StepStalled", "Hang")
+    assert "step 5 has not advanced" in failure["message"]
+    job = next(j for j in dtjs.jobs("hung") if j.metadata.name == "hung-a2")
+    env = {e.name: e.value for e in job.spec.template.spec.containers[0].env}
+    assert (env["DTJ_HANG_TIMEOUT_S"], env["DTJ_COLLECTIVE_TIMEOUT_S"]) == ("10", "20")
+    finish(dtjs, new_pods, outcome="Succeeded")
+    assert_recovered(dtjs, "hung", phase="Succeeded", attempt=2, restarts=1, reason="StepStalled")

@@ -251,7 +251,7 @@ def test_a_step_that_stops_advancing_is_a_hang_after_the_backstop_delay():
     observed = Observed([job()], [pod(0), pod(1)])
     spec_fields = {"failurePolicy": {"hangTimeoutSeconds": 100, "maxRestarts": 1}}
     early = plan_reconcile(state(hang_status(110), **spec_fields), observed, NOW)
-    assert early.status["phase"] == "Running"
+    assert "lastFailure" not in early.status  # not decided yet
     assert early.requeue_after_s == pytest.approx(15)
     hung = plan_reconcile(state(hang_status(126), **spec_fields), observed, NOW)
     assert condition(hung, "Restarting")["reason"] == "StepStalled"
@@ -279,12 +279,17 @@ def test_goodput_counts_work_since_the_last_checkpoint_as_lost():
     )
     gpus = {"resources": {"nodes": 2, "gpusPerNode": 8}}
     observed = Observed([job()], [pod(0), pod(1, "Failed", exit_code=1, finished_at=NOW)])
-    plan = plan_reconcile(state(status, **gpus), observed, NOW)
+    settling = plan_reconcile(state(status, **gpus), observed, NOW)
+    assert settling.status["phase"] == "Running"  # a plain error waits for its peers' news
+    assert settling.requeue_after_s == pytest.approx(5)
+    decided = NOW + timedelta(seconds=5)
+    plan = plan_reconcile(state(status, **gpus), observed, decided)
     goodput = plan.status["goodput"]
-    assert goodput["allocatedGpuSeconds"] == 1600  # 100 s x 16 GPUs
+    assert goodput["allocatedGpuSeconds"] == 1680  # 105 s x 16 GPUs
     assert goodput["lostGpuSeconds"] == 480  # 30 s since the checkpoint x 16
-    assert goodput["productiveGpuSeconds"] == 1120
-    later = NOW + timedelta(seconds=20)
+    assert goodput["productiveGpuSeconds"] == 1200
+    assert plan.status["incidents"][-1]["detectSeconds"] == 5
+    later = decided + timedelta(seconds=20)
     recovered = plan_reconcile(
         state({**plan.status, "phase": "Restarting"}, **gpus),
         Observed([job(attempt=2)], [pod(0, attempt=2), pod(1, attempt=2)]),
@@ -293,3 +298,65 @@ def test_goodput_counts_work_since_the_last_checkpoint_as_lost():
     incident = recovered.incident_closed
     assert incident is not None and incident["recoverSeconds"] == 20
     assert recovered.status["goodput"]["lostGpuSeconds"] == 480 + 20 * 16
+
+
+def test_worker_env_carries_the_failure_policy_once():
+    from diffusion_operator.builders import Owner
+    from diffusion_operator.worker_job import AttemptInputs, build_worker_job
+
+    spec = state(
+        failurePolicy={"hangTimeoutSeconds": 600},
+        runPolicy={"terminationGracePeriodSeconds": 120},
+        resources={
+            "nodes": 2,
+            "affinity": {
+                "nodeAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 1,
+                            "preference": {
+                                "matchExpressions": [
+                                    {"key": "zone", "operator": "In", "values": ["a"]}
+                                ]
+                            },
+                        }
+                    ]
+                }
+            },
+        },
+    ).spec
+    inputs = AttemptInputs(
+        attempt=3, avoid_nodes=["gpu-7"], trainer_env={"DTJ_ROLLBACK_CHECKPOINTS": "1"}
+    )
+    pod = build_worker_job(Owner("sd", "ns", "uid-1"), spec, inputs)["spec"]["template"]["spec"]
+    names = [e["name"] for e in pod["containers"][0]["env"]]
+    assert len(names) == len(set(names))
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["DTJ_HANG_TIMEOUT_S"] == "600"
+    assert env["DTJ_COLLECTIVE_TIMEOUT_S"] == "1200"  # after the watchdog and the backstop
+    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "110"  # the grace period, less a margin
+    assert env["DTJ_ROLLBACK_CHECKPOINTS"] == "1"
+    preferred = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred[0]["weight"] == 1  # the user's own preference is kept
+    assert preferred[1]["preference"]["matchExpressions"] == [
+        {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["gpu-7"]}
+    ]
+
+
+def test_a_worker_stopped_by_the_job_controller_does_not_hide_the_real_cause():
+    crashed = failed(1, exit_code=1, exit_message="Traceback: boom")
+    stopped = pod(0, "Failed", exit_code=143, finished_at=NOW)  # SIGTERM, no DisruptionTarget
+    plan = plan_reconcile(state(running_status()), Observed([job()], [stopped, crashed]), NOW)
+    assert plan.status["lastFailure"]["reason"] == "WorkerFailed"
+    assert plan.status["restarts"] == 1
+
+
+def test_a_summary_that_arrives_while_settling_names_the_cause():
+    echo = pod(1, "Failed", exit_code=1, exit_message="... watchdog ...", finished_at=NOW)
+    early = plan_reconcile(state(running_status()), Observed([job()], [pod(0), echo]), NOW)
+    assert "lastFailure" not in early.status  # not decided yet
+    said = parse_summary(summary(failureClass="Hang"))
+    hung = pod(0, "Failed", exit_code=1, summary=said, finished_at=NOW + timedelta(seconds=1))
+    later = NOW + timedelta(seconds=2)
+    plan = plan_reconcile(state(running_status()), Observed([job()], [hung, echo]), later)
+    assert plan.status["lastFailure"]["reason"] == "Hang"
