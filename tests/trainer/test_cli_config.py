@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,31 @@ def test_indivisible_batch_under_torchrun_fails_before_process_group(
     assert "training.globalBatchSize=8 is not divisible" in output
     assert "microBatchSize x world size = 4 x 3" in output
     assert "init_process_group" not in output
+
+
+def test_config_errors_leave_a_summary_for_the_operator(tmp_path: Path) -> None:
+    termination_log = tmp_path / "termination-log"
+    result = run_cli({"training": {"lr": -1}}, tmp_path, DTJ_TERMINATION_LOG=str(termination_log))
+    assert result.returncode == CONFIG_ERROR
+    summary = json.loads(termination_log.read_text())
+    assert summary["failureClass"] == "ConfigError"
+    assert summary["exitCode"] == CONFIG_ERROR
+    assert "training.lr" in summary["message"]
+    assert summary["lastCheckpointStep"] is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DTJ_MAX_NONFINITE_SKIPS", "many"),
+        ("DTJ_ROLLBACK_CHECKPOINTS", "0"),
+        ("DTJ_HANG_TIMEOUT_S", "-5"),
+        ("DTJ_FAULT_NAN_STEPS", "nine"),
+    ],
+)
+def test_bad_fault_tolerance_variables_are_config_errors(
+    tmp_path: Path, mds_dir: Path, name: str, value: str
+) -> None:
+    result = run_cli(tiny_config(mds_dir), tmp_path, **{name: value})
+    assert result.returncode == CONFIG_ERROR
+    assert f"config error: {name}=" in result.stderr

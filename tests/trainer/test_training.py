@@ -39,6 +39,8 @@ def test_reference_run_completes_and_reports(reference_run: TrainerRun) -> None:
     assert summary["exitCode"] == 0
     assert summary["step"] == 10
     assert summary["lastCheckpoint"].endswith("step-00000010")
+    assert summary["lastCheckpointStep"] == 10
+    assert summary["failureClass"] is None
     assert summary["imagesPerSecond"] > 0
     reports = reference_run.extra["reports"]
     assert all(r.mfu is None for r in reports)  # no known peak on CPU: n/a, not a guess
@@ -91,10 +93,13 @@ def test_nonfinite_gradients_never_reach_a_committed_checkpoint(
         training={"maxSteps": 4, "logIntervalSteps": 100},
         checkpoint={"intervalSteps": 1, "exportDiffusers": False},
     )
-    run = run_in_process(config)
+    # 0: the first non-finite gradient ends the run (the old behaviour).
+    run = run_in_process(config, env={"DTJ_MAX_NONFINITE_SKIPS": "0"})
     assert run.returncode == EXIT_NONFINITE_LOSS
     assert run.summary is not None
     assert "non-finite gradient norm at or before step 1" in run.summary["message"]
+    assert run.summary["failureClass"] == "NonFinite"
+    assert run.summary["lastCheckpointStep"] is None
     assert CheckpointStore(str(run.checkpoint_uri)).committed_steps() == []
 
 
@@ -132,11 +137,13 @@ def test_sigterm_writes_final_checkpoint_and_fails_the_pod(
     assert summary is not None, run.output[-3000:]
     assert summary["status"] == "preempted"
     assert summary["exitCode"] == 143
+    assert summary["failureClass"] is None
     stopped_at = summary["step"]
     assert 5 <= stopped_at < 10
     assert max(run.losses) == stopped_at  # it finished the step it was in, then stopped
     # The final checkpoint is off the 4-step interval; keepLast 1 pruned step 4.
     assert committed_steps(run.checkpoint_uri) == [stopped_at]
+    assert summary["lastCheckpointStep"] == stopped_at
     state_file = run.checkpoint_uri / f"step-{stopped_at:08d}" / "trainer_state.json"
     assert json.loads(state_file.read_text())["worldSize"] == 2
 

@@ -199,7 +199,9 @@ def launch_trainer(
     )
 
 
-def run_in_process(config: dict[str, Any], env: dict[str, str] | None = None) -> TrainerRun:
+def run_in_process(
+    config: dict[str, Any], env: dict[str, str] | None = None, telemetry: Any = None
+) -> TrainerRun:
     """A world-size-1 run inside the test process (same code path, no process start cost)."""
     import torch
 
@@ -216,7 +218,9 @@ def run_in_process(config: dict[str, Any], env: dict[str, str] | None = None) ->
     stop = StopRequest()
     stop.install()
     try:
-        summary = run_training(TrainerConfig.model_validate(config), stop, [reports.append])
+        summary = run_training(
+            TrainerConfig.model_validate(config), stop, [reports.append], telemetry
+        )
     finally:
         stop.restore()
         torch.set_num_threads(threads)

@@ -29,7 +29,7 @@ from diffusion_trainer.model import (
     load_unet_config,
 )
 from diffusion_trainer.objective import DiffusionObjective
-from diffusion_trainer.optim import build_lr_scheduler, build_optimizer
+from diffusion_trainer.optim import ShardLocalAdamW, build_lr_scheduler, build_optimizer
 from diffusion_trainer.parallelize import PARAM_DTYPES, parallelize_unet
 
 log = logging.getLogger("diffusion_trainer")
@@ -50,7 +50,7 @@ class OnlineEncoders:
 class Components:
     unet: DiffusersModel  # FSDP-wrapped UNet2DConditionModel
     unet_config: dict[str, Any]
-    optimizer: torch.optim.Optimizer
+    optimizer: ShardLocalAdamW
     lr_scheduler: LambdaLR
     ema: ShardedEma | None
     objective: DiffusionObjective

@@ -5,6 +5,7 @@ Layout under `checkpoint.uri` (a local/PVC path, or s3://, gs://, any fsspec URL
     step-00001000/            one checkpoint: DCP shards + .metadata
         trainer_state.json    step, LR schedule, data-loader position, seed, world size
         .committed            written by rank 0 last, after every shard is on storage
+        .rolled-back          a rollback uncommitted it (the reason inside); pruned later
     export/step-00002000/     diffusers folders (see export.py)
 
 Only directories holding `.committed` count; anything else is a save that did not finish.
@@ -31,8 +32,10 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from diffusion_trainer.distributed import Runtime, barrier
 from diffusion_trainer.ema import ShardedEma
+from diffusion_trainer.fault_injection import delay_commit_for_fault_tests
 
 COMMIT_MARKER = ".committed"
+ROLLBACK_MARKER = ".rolled-back"
 TRAINER_STATE_FILE = "trainer_state.json"
 STEP_DIR_PATTERN = re.compile(r"^step-(\d{8})$")
 FSSPEC_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}
@@ -79,6 +82,9 @@ class TrainState:
     seed: int
     world_size: int
     has_ema: bool
+    # Steps of data skipped by DTJ_DATA_SKIP_TO_STEP so far: the loader reads the batches of
+    # step `step + data_step_offset` of the job's first pass.
+    data_step_offset: int = 0
 
 
 class CheckpointStore:
@@ -129,6 +135,13 @@ class CheckpointStore:
         with self.fs.open(path, "r") as handle:
             payload: dict[str, Any] = json.loads(handle.read())
         return payload
+
+    def uncommit(self, path: str, reason: str) -> None:
+        """Turn a committed checkpoint into an unfinished save that says why: never resumed
+        from, replaced by a new save of its step, pruned once a newer one commits."""
+        payload = {"reason": reason, "time": time.time()}
+        self.write_json(join_uri(path, ROLLBACK_MARKER), payload)
+        self.fs.rm(join_uri(path, COMMIT_MARKER))
 
     def remove(self, path: str) -> None:
         if self.fs.exists(path):
@@ -187,6 +200,7 @@ def save_checkpoint(
     # dcp.save returns on rank 0 only after every rank's shards and the metadata are written.
     if runtime.is_main:
         store.write_json(join_uri(path, TRAINER_STATE_FILE), encode_train_state(state))
+        delay_commit_for_fault_tests(state.step)
         marker = {"step": state.step, "worldSize": runtime.world_size, "time": time.time()}
         store.write_json(join_uri(path, COMMIT_MARKER), marker)
         store.prune(keep_last)
@@ -202,6 +216,7 @@ def encode_train_state(state: TrainState) -> dict[str, Any]:
         "seed": state.seed,
         "worldSize": state.world_size,
         "hasEma": state.has_ema,
+        "dataStepOffset": state.data_step_offset,
     }
 
 
@@ -213,6 +228,7 @@ def decode_train_state(payload: dict[str, Any]) -> TrainState:
         seed=int(payload["seed"]),
         world_size=int(payload["worldSize"]),
         has_ema=bool(payload.get("hasEma", False)),
+        data_step_offset=int(payload.get("dataStepOffset", 0)),
     )
 
 
@@ -262,6 +278,34 @@ def resolve_resume_path(store: CheckpointStore, requested: str | None) -> str | 
     if own_latest is not None and step_of(own_latest) > step_of(resolved):
         return own_latest
     return resolved
+
+
+def rollback_done_marker(store: CheckpointStore, attempt: int) -> str:
+    return join_uri(store.uri, f".rolled-back-in-attempt-{attempt}")
+
+
+def resolve_rollback_path(store: CheckpointStore, num_back: int, attempt: int) -> str | None:
+    """The `num_back`-th committed checkpoint before the newest (the oldest if there are fewer,
+    None if none); uncommits every newer one, so that neither later resumes nor later saves of
+    the same steps can pick the abandoned branch. Once per attempt: a restarted process of the
+    same attempt (suspend and resume, Kueue re-admission) resumes from the newest. Rank 0 only."""
+    marker = rollback_done_marker(store, attempt)
+    if store.fs.exists(marker):
+        return store.latest_committed()
+    store.fs.makedirs(store.uri, exist_ok=True)
+    steps = store.committed_steps()
+    if not steps:
+        store.write_json(marker, {"rolledBackTo": None, "time": time.time()})
+        return None
+    chosen = steps[max(len(steps) - 1 - num_back, 0)]
+    reason = (
+        f"DTJ_ROLLBACK_CHECKPOINTS={num_back}: the run rolled back to step {chosen}, "
+        "abandoning this checkpoint"
+    )
+    for newer in (step for step in steps if step > chosen):
+        store.uncommit(store.path_for(newer), reason)
+    store.write_json(marker, {"rolledBackTo": chosen, "time": time.time()})
+    return store.path_for(chosen)
 
 
 def step_of(path: str) -> int:

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 from diffusion_trainer.config import ConfigError, TrainerConfig, dump_config, load_config
 from diffusion_trainer.preflight import apply_env_overrides, preflight
-from diffusion_trainer.report import EXIT_CONFIG_ERROR, EXIT_OK, RunSummary, write_summary
+from diffusion_trainer.report import (
+    EXIT_CONFIG_ERROR,
+    EXIT_ERROR,
+    EXIT_OK,
+    FAILURE_CONFIG,
+    FAILURE_ERROR,
+    RunSummary,
+    write_summary,
+)
 
 DEFAULT_CONFIG_PATH = "/etc/dtj/config.yaml"
 log = logging.getLogger("diffusion_trainer")
@@ -56,6 +64,8 @@ def train_command(argv: list[str]) -> int:
         config = load_checked_config(args.config)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
+        if writes_termination_message() and not args.check:
+            write_summary(failed_summary(None, EXIT_CONFIG_ERROR, f"config error: {error}"))
         return EXIT_CONFIG_ERROR
     if args.check:
         print(dump_config(config), end="")
@@ -67,29 +77,38 @@ if TYPE_CHECKING:
     from diffusion_trainer.metrics import TrainerTelemetry
 
 
+def writes_termination_message() -> bool:
+    """Local rank 0 of each pod: every worker pod says why it ended, so the operator classifies
+    a failure from whichever pod it sees first."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def run_trainer(config: TrainerConfig) -> int:
     from diffusion_trainer.checkpoint import CheckpointStorageError
     from diffusion_trainer.preemption import StopRequest
     from diffusion_trainer.train import run_training
+    from diffusion_trainer.watchdog import install_stack_dump_signal
 
-    is_main = os.environ.get("RANK", "0") == "0"
+    install_stack_dump_signal()
     telemetry = start_telemetry(config)
     stop = StopRequest()
     stop.install()
+    failures: list[RunSummary] = []  # where the loop got to, if it raised
     try:
-        summary = run_training(config, stop, telemetry=telemetry)
+        summary = run_training(config, stop, telemetry=telemetry, on_failure=failures.append)
     except CheckpointStorageError as error:
         print(f"config error: {error}", file=sys.stderr)
         summary = failed_summary(config, EXIT_CONFIG_ERROR, str(error))
     except Exception as error:
-        if is_main:
-            write_summary(failed_summary(config, 1, f"{type(error).__name__}: {error}"))
+        if writes_termination_message():
+            message = f"{type(error).__name__}: {error}"
+            write_summary(failures[0] if failures else failed_summary(config, EXIT_ERROR, message))
         raise
     finally:
         stop.restore()
         if telemetry is not None:
             telemetry.close()
-    if is_main:
+    if writes_termination_message():
         write_summary(summary)
     return summary.exit_code
 
@@ -112,17 +131,19 @@ def start_telemetry(config: TrainerConfig) -> TrainerTelemetry | None:
     return telemetry
 
 
-def failed_summary(config: TrainerConfig, exit_code: int, message: str) -> RunSummary:
+def failed_summary(config: TrainerConfig | None, exit_code: int, message: str) -> RunSummary:
+    """The summary of a run that failed before its loop could say where it got to."""
     return RunSummary(
         status="failed",
         exit_code=exit_code,
         step=0,
-        max_steps=config.training.max_steps,
+        max_steps=0 if config is None else config.training.max_steps,
         final_loss=None,
         images_per_second=None,
         last_checkpoint=None,
         exported=None,
         message=message[:1000],
+        failure_class=FAILURE_CONFIG if exit_code == EXIT_CONFIG_ERROR else FAILURE_ERROR,
     )
 
 

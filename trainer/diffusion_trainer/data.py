@@ -157,6 +157,7 @@ class TrainLoader:
             worker_init_fn=ignore_stop_signals,
             collate_fn=collate_samples,
         )
+        self.micro_batch_size = micro_batch_size
         self.epoch = 0
         self._iterator: Any = None
 
@@ -187,3 +188,27 @@ class TrainLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state)
         self.epoch = int(state["epoch"])
+
+    def samples_per_epoch(self, world_size: int) -> int:
+        """Global samples one epoch yields: each rank's padded share of the epoch in whole
+        micro-batches (the loader drops a last partial one)."""
+        per_rank = len(self.loader.dataset)  # type: ignore[arg-type]
+        return per_rank // self.micro_batch_size * self.micro_batch_size * world_size
+
+    def skip_samples(self, num_samples: int, world_size: int) -> dict[str, Any]:
+        """Move the position `num_samples` global samples forward, across epochs; only before
+        the first batch. Returns the new position."""
+        assert self._iterator is None, "skip_samples must come before the first batch"
+        state = advance_position(self.state_dict(), num_samples, self.samples_per_epoch(world_size))
+        self.load_state_dict(state)
+        return state
+
+
+def advance_position(
+    state: dict[str, Any], num_samples: int, samples_per_epoch: int
+) -> dict[str, Any]:
+    """A loader position `num_samples` global samples later (Streaming's epoch and
+    sample_in_epoch); the shuffle of each epoch is fixed by its number, so a later epoch is
+    entered exactly where an uninterrupted run would have been."""
+    epochs, sample_in_epoch = divmod(int(state["sample_in_epoch"]) + num_samples, samples_per_epoch)
+    return dict(state, epoch=int(state["epoch"]) + epochs, sample_in_epoch=sample_in_epoch)

@@ -104,3 +104,10 @@ def mean_across_ranks(value: torch.Tensor) -> float:
     total = value.detach().float().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return float(total.item()) / dist.get_world_size()
+
+
+def sum_across_ranks(values: torch.Tensor) -> list[float]:
+    """Element-wise sums of a small tensor over all ranks (on its device's default group)."""
+    total = values.detach().float().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return [float(value) for value in total.tolist()]

@@ -97,6 +97,10 @@ class TrainerMetrics:
         self.nonfinite_losses = counter(
             "dtj_trainer_nonfinite_losses", "Log intervals whose loss was NaN or infinite."
         )
+        self.nonfinite_skipped_steps = counter(
+            "dtj_trainer_nonfinite_skipped_steps",
+            "Optimizer steps skipped because the gradient norm was NaN or infinite.",
+        )
 
     def _gauge(self, name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
         return Gauge(name, doc, (*RUN_LABELS, *extra), registry=self.registry)
@@ -140,9 +144,16 @@ class TrainerTelemetry:
         self.productive_s = 0.0
         self.counted_step = 0  # samples are counted from this attempt's first step
         self.lock = threading.Lock()
-        self.state: dict[str, Any] = {"step": None, "totalSteps": max_steps, "checkpoint": None}
+        self.state: dict[str, Any] = {
+            "step": None,
+            "totalSteps": max_steps,
+            "checkpoint": None,
+            "activity": "starting",
+        }
         self.server: ThreadingHTTPServer | None = None
         self._set(self.metrics.total_steps, max_steps)
+        # From 0, so that rate() and increase() see the first skips.
+        self.metrics.nonfinite_skipped_steps.labels(**self.labels)
 
     def _set(self, gauge: Gauge, value: float, **extra: str) -> None:
         gauge.labels(**self.labels, **extra).set(value)
@@ -170,6 +181,7 @@ class TrainerTelemetry:
             self._set(m.loss, report.loss)
         else:
             m.nonfinite_losses.labels(**self.labels).inc()
+        m.nonfinite_skipped_steps.labels(**self.labels).inc(report.skipped_steps)
         compute_s = max(report.step_time_s - report.data_wait_s - report.optimizer_s, 0.0)
         m.step_phase.labels(**self.labels, phase="data_wait").observe(report.data_wait_s)
         m.step_phase.labels(**self.labels, phase="compute").observe(compute_s)
@@ -199,6 +211,11 @@ class TrainerTelemetry:
         self.counted_step = step
         with self.lock:
             self.state.update(step=step, checkpoint={"uri": uri, "step": step, "time": utc_now()})
+
+    def set_activity(self, activity: str) -> None:
+        """starting | training | checkpointing | evaluating | stopping (see watchdog.py)."""
+        with self.lock:
+            self.state["activity"] = activity
 
     def on_eval(self, fid: dict[float, float], clip_score: dict[float, float]) -> None:
         for scale, value in fid.items():

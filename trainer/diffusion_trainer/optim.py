@@ -40,10 +40,13 @@ class ShardLocalAdamW(torch.optim.AdamW):
     dispatch skips its per-call sharding analysis of the fused multi-tensor op, which costs
     seconds on the first step and CPU time on every step. State stays DTensor, so
     checkpoints still reshard.
+
+    `found_inf` (a float tensor on the device, 1.0 = skip) skips the step inside the fused
+    kernel without a host sync: parameters, moments and step counts stay as they were.
     """
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
+    def step(self, closure: Any = None, *, found_inf: torch.Tensor | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -58,6 +61,8 @@ class ShardLocalAdamW(torch.optim.AdamW):
             has_complex = self._init_group(
                 group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
             )
+            if found_inf is not None and not group["fused"]:
+                raise ValueError("found_inf needs the fused AdamW (fused=True)")
             beta1, beta2 = group["betas"]
             adam(
                 local_shards(params),
@@ -79,15 +84,39 @@ class ShardLocalAdamW(torch.optim.AdamW):
                 differentiable=group["differentiable"],
                 fused=group["fused"],
                 decoupled_weight_decay=True,
+                grad_scale=None,
+                found_inf=found_inf,
             )
         return loss
+
+
+class SkipCounter:
+    """Optimizer steps skipped for a non-finite gradient norm, counted on the device so that
+    training never waits for the host; read only where the loop synchronises anyway."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.streak = torch.zeros((), device=device)  # consecutive skips up to the last step
+        self.worst_streak = torch.zeros((), device=device)  # longest streak so far
+        self.total = torch.zeros((), device=device)
+
+    @torch.no_grad()
+    def record(self, skipped: torch.Tensor) -> None:
+        """`skipped`: 1.0 if this step was skipped, else 0.0."""
+        self.streak.add_(1.0).mul_(skipped)
+        torch.maximum(self.worst_streak, self.streak, out=self.worst_streak)
+        self.total.add_(skipped)
+
+    def read(self) -> tuple[int, int]:
+        """(total skips, longest streak); waits for the device."""
+        total, worst = torch.stack([self.total, self.worst_streak]).tolist()
+        return int(total), int(worst)
 
 
 def local_shards(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [to_local(tensor) for tensor in tensors]
 
 
-def build_optimizer(model: torch.nn.Module, training: TrainingConfig) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, training: TrainingConfig) -> ShardLocalAdamW:
     # The fused AdamW kernel exists for CUDA and CPU: one kernel per group, no per-tensor ops.
     return ShardLocalAdamW(
         build_param_groups(model),

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 from diffusion_trainer.config import ConfigError, TrainerConfig, check_batch_divisible
+from diffusion_trainer.fault_injection import read_fault_injection
+from diffusion_trainer.resilience import read_resilience_settings
 
 SHIPPED_UNETS = ("sd2-base", "tiny")
 
@@ -88,4 +90,6 @@ def preflight(config: TrainerConfig) -> int:
         raise ConfigError(str(error)) from error
     check_local_dataset(config)
     check_checkpoint_backend(config)
+    read_resilience_settings()  # DTJ_* fault-tolerance variables: a bad one is a config error
+    read_fault_injection()
     return num_accum

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("diffusion_trainer")
 
@@ -17,9 +19,17 @@ DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 TERMINATION_MESSAGE_LIMIT = 4096
 
 EXIT_OK = 0
+EXIT_ERROR = 1
 EXIT_CONFIG_ERROR = 2
 EXIT_NONFINITE_LOSS = 3
+EXIT_HANG = 4
 EXIT_SIGTERM = 143
+
+# `failureClass` of the summary: what the operator decides a restart on (null: no failure).
+FAILURE_CONFIG = "ConfigError"
+FAILURE_NONFINITE = "NonFinite"
+FAILURE_HANG = "Hang"
+FAILURE_ERROR = "Error"
 
 
 @dataclass
@@ -37,6 +47,7 @@ class StepReport:
     step_time_s: float
     grad_norm: float | None
     epoch: int
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite gradient norm
 
 
 StepSink = Callable[[StepReport], None]
@@ -68,10 +79,27 @@ class RunSummary:
     last_checkpoint: str | None
     exported: str | None
     message: str = ""
+    failure_class: str | None = None  # FAILURE_*; None on success and on preemption
+    last_checkpoint_step: int | None = None  # the step of last_checkpoint
 
     def to_json(self) -> str:
-        camel = {to_camel(key): value for key, value in asdict(self).items()}
-        return json.dumps(camel, separators=(",", ":"))
+        # NaN/inf are not JSON: a non-finite loss or throughput is written as null.
+        camel = {to_camel(key): finite_or_none(value) for key, value in asdict(self).items()}
+        return json.dumps(camel, separators=(",", ":"), allow_nan=False)
+
+    def to_termination_message(self) -> str:
+        """The JSON within Kubernetes' limit: the message is shortened, never the JSON cut."""
+        summary, text = self, self.to_json()
+        while len(text.encode()) > TERMINATION_MESSAGE_LIMIT and summary.message:
+            overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT
+            kept = summary.message[: max(len(summary.message) - overflow - 3, 0)]
+            summary = replace(summary, message=kept and kept + "...")
+            text = summary.to_json()
+        return text
+
+
+def finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def to_camel(name: str) -> str:
@@ -88,12 +116,12 @@ def termination_log_path() -> Path | None:
 
 
 def write_summary(summary: RunSummary) -> None:
-    text = summary.to_json()
+    text = summary.to_termination_message()
     log.info("summary %s", text)
     path = termination_log_path()
     if path is None:
         return
     try:
-        path.write_text(text[:TERMINATION_MESSAGE_LIMIT])
+        path.write_text(text)
     except OSError as error:
         log.warning("cannot write termination message to %s: %s", path, error)

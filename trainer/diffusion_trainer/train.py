@@ -1,5 +1,11 @@
 """The training loop: gradient accumulation to the global batch, clipping, EMA, logging,
-periodic and final checkpoints, SIGTERM, export, and the final summary."""
+periodic and final checkpoints, SIGTERM, export, and the final summary.
+
+Fault tolerance (settings in resilience.py): optimizer steps with a non-finite gradient norm are
+skipped on the device and counted; the counts are read where the loop synchronises anyway (log
+steps, before each save), and a streak of DTJ_MAX_NONFINITE_SKIPS ends the run (exit 3) before
+anything is committed after it. A rollback resumes from an older checkpoint and can skip the
+data that led to the fault. A watchdog ends a rank that stops making steps (exit 4)."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +27,7 @@ from diffusion_trainer.checkpoint import (
     TrainState,
     load_checkpoint,
     resolve_resume_path,
+    resolve_rollback_path,
     save_checkpoint,
 )
 from diffusion_trainer.config import TrainerConfig, check_batch_divisible
@@ -28,45 +36,76 @@ from diffusion_trainer.distributed import (
     any_rank_true,
     broadcast_from_main,
     init_runtime,
-    mean_across_ranks,
     shutdown_runtime,
+    sum_across_ranks,
 )
 from diffusion_trainer.export import export_diffusers, export_path
+from diffusion_trainer.fault_injection import (
+    FaultInjection,
+    hang_for_fault_tests,
+    read_fault_injection,
+)
 from diffusion_trainer.flops import compute_mfu, count_train_flops_per_image, peak_flops_per_device
 from diffusion_trainer.metrics import TrainerTelemetry
 from diffusion_trainer.model import text_embedding_dim
 from diffusion_trainer.objective import build_noise_scheduler
-from diffusion_trainer.optim import clip_gradients
+from diffusion_trainer.optim import SkipCounter, clip_gradients
 from diffusion_trainer.parallelize import set_gradient_sync
 from diffusion_trainer.preemption import StopRequest
 from diffusion_trainer.report import (
+    EXIT_ERROR,
+    EXIT_HANG,
     EXIT_NONFINITE_LOSS,
     EXIT_OK,
     EXIT_SIGTERM,
+    FAILURE_ERROR,
+    FAILURE_HANG,
+    FAILURE_NONFINITE,
     RunSummary,
     StepReport,
     StepSink,
     log_step,
+    write_summary,
 )
+from diffusion_trainer.resilience import ResilienceSettings, read_resilience_settings
 from diffusion_trainer.span_timer import SpanTimer
 from diffusion_trainer.step import compute_micro_loss, prepare_inputs
+from diffusion_trainer.watchdog import (
+    CHECKPOINTING,
+    STARTING,
+    STOPPING,
+    TRAINING,
+    HangWatchdog,
+)
 
 log = logging.getLogger("diffusion_trainer")
 
 
 @dataclass
+class StepOutcome:
+    loss: torch.Tensor  # mean over the global batch, this rank's share
+    data_wait_s: float
+    grad_norm: torch.Tensor
+    skipped: torch.Tensor  # 1.0 if the optimizer step was skipped (non-finite gradient norm)
+
+
+@dataclass
 class IntervalStats:
-    """Accumulates between two log lines; the loss stays on the device until logged."""
+    """Accumulates between two log lines; the sums stay on the device until logged."""
 
     num_steps: int = 0
-    loss_sum: torch.Tensor | None = None
+    # (loss over the steps that were not skipped, steps not skipped, steps skipped)
+    sums: torch.Tensor | None = None
     data_wait_s: float = 0.0
     started_at: float = field(default_factory=time.perf_counter)
 
-    def add(self, loss: torch.Tensor, data_wait_s: float) -> None:
+    def add(self, outcome: StepOutcome) -> None:
         self.num_steps += 1
-        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
-        self.data_wait_s += data_wait_s
+        kept = 1.0 - outcome.skipped
+        loss = torch.where(kept > 0, outcome.loss, torch.zeros_like(outcome.loss))
+        sums = torch.stack([loss, kept, outcome.skipped])
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.data_wait_s += outcome.data_wait_s
 
 
 class TrainingLoop:
@@ -79,8 +118,12 @@ class TrainingLoop:
         sinks: list[StepSink],
         *,
         telemetry: TrainerTelemetry | None = None,
+        settings: ResilienceSettings | None = None,
+        faults: FaultInjection | None = None,
     ) -> None:
         self.config = config
+        self.settings = settings or ResilienceSettings()
+        self.faults = faults or FaultInjection()
         self.telemetry = telemetry
         self.runtime = runtime
         self.c = components
@@ -89,20 +132,28 @@ class TrainingLoop:
         self.store = CheckpointStore(config.checkpoint.uri)
         self.num_accum = check_batch_divisible(config.training, runtime.world_size)
         self.step = 0
+        self.data_step_offset = 0  # see TrainState.data_step_offset
         self.last_checkpoint: str | None = None
+        self.last_checkpoint_step: int | None = None
         self.last_loss: float | None = None
         self.last_images_per_s: float | None = None
         self.flops_per_image: float | None = None
         self.step_lr = 0.0
         self.peak_flops = peak_flops_per_device(runtime.device)
         self.optimizer_timer = SpanTimer(runtime.device)
-        self.nonfinite_grads = torch.zeros((), dtype=torch.bool, device=runtime.device)
+        self.skips = SkipCounter(runtime.device)
+        self.activity = STARTING
+        self.watchdog = self.build_watchdog()
 
     def resume(self) -> None:
         path = self.agree_on_resume_path()
         if path is None:
             log.info("no committed checkpoint under %s: starting at step 0", self.store.uri)
-            return
+        else:
+            self.load(path)
+        self.skip_data()
+
+    def load(self, path: str) -> None:
         started = time.perf_counter()
         state = load_checkpoint(self.store, path, self.c.unet, self.c.optimizer, self.c.ema)
         if self.telemetry is not None:
@@ -111,7 +162,8 @@ class TrainingLoop:
         if state.data is not None:
             self.c.loader.load_state_dict(state.data)
         self.step = state.step
-        self.last_checkpoint = path
+        self.data_step_offset = state.data_step_offset
+        self.last_checkpoint, self.last_checkpoint_step = path, state.step
         log.info(
             "resumed from %s at step %d (saved at world size %d, now %d)",
             path,
@@ -126,9 +178,8 @@ class TrainingLoop:
         none) would hang the job in the first collective."""
         choice: tuple[str | None, str | None] = (None, None)
         if self.runtime.is_main:
-            requested = os.environ.get("RESUME_FROM") or self.config.checkpoint.resume_from
             try:
-                choice = (resolve_resume_path(self.store, requested), None)
+                choice = (self.choose_resume_path(), None)
             except Exception as storage_error:  # every rank must hear of it, or they hang
                 choice = (None, f"{type(storage_error).__name__}: {storage_error}")
         path, problem = broadcast_from_main(choice, self.runtime)
@@ -136,10 +187,54 @@ class TrainingLoop:
             raise CheckpointStorageError(problem)
         return path
 
-    def train_step(self) -> tuple[torch.Tensor, float, torch.Tensor]:
-        """One optimizer step over the global batch; returns (loss, data wait s, grad norm)."""
+    def choose_resume_path(self) -> str | None:
+        requested = os.environ.get("RESUME_FROM") or self.config.checkpoint.resume_from
+        num_back = self.settings.rollback_checkpoints
+        if num_back is None:
+            return resolve_resume_path(self.store, requested)
+        if requested:
+            log.warning("DTJ_ROLLBACK_CHECKPOINTS=%d: ignoring %s", num_back, requested)
+        newest = self.store.latest_committed()
+        path = resolve_rollback_path(self.store, num_back, self.config.run.attempt)
+        log.warning(
+            "DTJ_ROLLBACK_CHECKPOINTS=%d: rolling back from %s to %s (newer ones uncommitted)",
+            num_back,
+            newest or "none",
+            path or "a fresh start",
+        )
+        return path
+
+    def skip_data(self) -> None:
+        """DTJ_DATA_SKIP_TO_STEP=S: the next batch is the one step S+1 of the job's first pass
+        read; the step counter and the LR schedule stay where the checkpoint left them."""
+        target = self.settings.data_skip_to_step
+        data_step = self.step + self.data_step_offset
+        if target is None:
+            return
+        if target <= data_step:
+            log.info("DTJ_DATA_SKIP_TO_STEP=%d: data is at step %d already", target, data_step)
+            return
+        num_samples = (target - data_step) * self.config.training.global_batch_size
+        position = self.c.loader.skip_samples(num_samples, self.runtime.world_size)
+        self.data_step_offset += target - data_step
+        log.warning(
+            "DTJ_DATA_SKIP_TO_STEP=%d: skipped %d samples (the batches of steps %d-%d): step %d "
+            "reads those of step %d (epoch %d, sample %d of it)",
+            target,
+            num_samples,
+            data_step + 1,
+            target,
+            self.step + 1,
+            target + 1,
+            position["epoch"],
+            position["sample_in_epoch"],
+        )
+
+    def train_step(self) -> StepOutcome:
+        """One optimizer step over the global batch."""
         device = self.runtime.device
         channels_last = self.config.training.channels_last
+        poisoned = self.poisons_next_step()
         loss_total = torch.zeros((), device=device)
         data_wait_s = 0.0
         for micro in range(self.num_accum):
@@ -155,25 +250,41 @@ class TrainingLoop:
             if wants_flops and self.flops_per_image is None:
                 self.count_flops(tuple(inputs.latents.shape[1:]), tuple(inputs.text.shape[1:]))
             loss = compute_micro_loss(inputs, self.c, device, channels_last)
+            if poisoned:
+                loss = loss * float("nan")
             (loss / self.num_accum).backward()
             loss_total += loss.detach() / self.num_accum
         with self.optimizer_timer.span():
-            grad_norm = self.apply_gradients()
-        return loss_total, data_wait_s, grad_norm
+            grad_norm, skipped = self.apply_gradients()
+        return StepOutcome(loss_total, data_wait_s, grad_norm, skipped)
 
-    def apply_gradients(self) -> torch.Tensor:
-        """The optimizer phase: clip, step, schedule, EMA."""
+    def poisons_next_step(self) -> bool:
+        """DTJ_FAULT_NAN_STEPS (fault injection): keyed on the data the step reads."""
+        data_step = self.step + self.data_step_offset + 1
+        poisoned = self.faults.poisons(data_step)
+        if poisoned and self.runtime.is_main:
+            log.warning("fault injection: NaN loss (data step %d)", data_step)
+        return poisoned
+
+    def apply_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The optimizer phase: clip, step, schedule, EMA; returns (grad norm, skipped)."""
         grad_norm = clip_gradients(self.c.unet, self.config.training.grad_clip_norm)
-        # Remembered on the device (no sync per step), checked before every save.
-        self.nonfinite_grads |= ~torch.isfinite(grad_norm)
+        # Same on every rank (the norm is global); counted on the device, no sync per step.
+        skipped = (~torch.isfinite(grad_norm)).float()
+        self.skips.record(skipped)
         self.step_lr = float(self.c.optimizer.param_groups[0]["lr"])
-        self.c.optimizer.step()
+        # The fused kernel leaves weights, moments and step counts alone when skipped.
+        self.c.optimizer.step(found_inf=skipped)
+        # The schedule advances even on a skipped step: holding it back would need the host
+        # to read `skipped` every step, and keyed on batches consumed it still ends at maxSteps.
         self.c.lr_scheduler.step()
         self.c.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         if self.c.ema is not None:
+            # After a skipped step the weights are unchanged, so this folds in the same weights
+            # once more: harmless, and a skip-aware decay would need a sync or a kernel per tensor.
             self.c.ema.update(self.step)
-        return grad_norm
+        return grad_norm, skipped
 
     def count_flops(self, latent_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> None:
         config = dict(self.c.unet_config)
@@ -186,8 +297,11 @@ class TrainingLoop:
         log.info("model FLOPs per training image (fwd+bwd): %.3f GFLOP", self.flops_per_image / 1e9)
 
     def report(self, stats: IntervalStats, grad_norm: torch.Tensor, epoch: int) -> StepReport:
-        assert stats.loss_sum is not None
-        loss = mean_across_ranks(stats.loss_sum / stats.num_steps)  # syncs the device
+        """The interval's mean loss over its steps that were not skipped (NaN if all were),
+        averaged over ranks."""
+        assert stats.sums is not None
+        loss_sum, kept, skipped = sum_across_ranks(stats.sums)  # syncs the device
+        loss = loss_sum / kept if kept else float("nan")
         elapsed_s = time.perf_counter() - stats.started_at
         images_per_s = stats.num_steps * self.config.training.global_batch_size / elapsed_s
         self.last_loss, self.last_images_per_s = loss, images_per_s
@@ -205,12 +319,21 @@ class TrainingLoop:
             step_time_s=elapsed_s / stats.num_steps,
             grad_norm=float(grad_norm),
             epoch=epoch,
+            skipped_steps=round(skipped / self.runtime.world_size),
         )
 
     def save(self) -> float:
         """Commit a checkpoint of the current step; returns the seconds it took."""
         if self.last_checkpoint == self.store.path_for(self.step):
             return 0.0
+        resumed_activity = self.activity
+        self.set_activity(CHECKPOINTING)
+        try:
+            return self.write_checkpoint()
+        finally:
+            self.set_activity(resumed_activity)
+
+    def write_checkpoint(self) -> float:
         state = TrainState(
             step=self.step,
             lr_scheduler=self.c.lr_scheduler.state_dict(),
@@ -218,6 +341,7 @@ class TrainingLoop:
             seed=self.config.training.seed,
             world_size=self.runtime.world_size,
             has_ema=self.c.ema is not None,
+            data_step_offset=self.data_step_offset,
         )
         started = time.perf_counter()
         self.last_checkpoint = save_checkpoint(
@@ -229,6 +353,7 @@ class TrainingLoop:
             runtime=self.runtime,
             keep_last=self.config.checkpoint.keep_last,
         )
+        self.last_checkpoint_step = self.step
         duration_s = time.perf_counter() - started
         log.info(
             "checkpoint step %d committed at %s in %.2f s",
@@ -241,45 +366,112 @@ class TrainingLoop:
         return duration_s
 
     def run(self) -> RunSummary:
+        if self.watchdog is not None:
+            self.watchdog.start()
+        try:
+            return self.train_to_end()
+        finally:
+            self.set_activity(STOPPING)
+            if self.watchdog is not None:
+                self.watchdog.stop()
+
+    def train_to_end(self) -> RunSummary:
         training = self.config.training
         stats = IntervalStats()
         while self.step < training.max_steps:
-            loss, data_wait_s, grad_norm = self.train_step()
-            stats.add(loss, data_wait_s)
+            if self.faults.hangs(self.step + 1, self.runtime.rank, self.runtime.world_size):
+                hang_for_fault_tests(self.step + 1, self.runtime.rank)
+            outcome = self.train_step()
+            stats.add(outcome)
+            self.on_step_done()
             if self.step % training.log_interval_steps == 0 or self.step == training.max_steps:
-                step_report = self.report(stats, grad_norm, self.c.loader.epoch)
-                if self.runtime.is_main:
-                    for sink in self.sinks:
-                        sink(step_report)
+                ended = self.log_interval(stats, outcome.grad_norm)
                 stats = IntervalStats()
-                if not math.isfinite(step_report.loss):
-                    return self.summarize(
-                        "failed", EXIT_NONFINITE_LOSS, f"non-finite loss at step {self.step}"
-                    )
+                if ended is not None:
+                    return ended
             stopping = any_rank_true(self.stop.requested, self.runtime)
             if stopping or self.step % self.config.checkpoint.interval_steps == 0:
-                if bool(self.nonfinite_grads):
-                    return self.refuse_nonfinite_save()
+                if (ended := self.check_skips()) is not None:
+                    return ended
                 stats.started_at += self.save()  # saving is not step time
                 # A signal that came during the save: that checkpoint is the current one.
                 stopping = stopping or any_rank_true(self.stop.requested, self.runtime)
             if stopping:
                 return self.summarize("preempted", EXIT_SIGTERM, "stopped by signal")
-        if bool(self.nonfinite_grads):
-            return self.refuse_nonfinite_save()
+        self.set_activity(STOPPING)
+        if (ended := self.check_skips()) is not None:
+            return ended
         self.save()
         exported = self.export() if self.config.checkpoint.export_diffusers else None
-        return self.summarize("completed", EXIT_OK, "", exported)
+        return self.summarize("completed", EXIT_OK, "", exported=exported)
 
-    def refuse_nonfinite_save(self) -> RunSummary:
-        """Never commit weights that a NaN/inf gradient reached: the next attempt resumes from
-        the last good checkpoint instead of a poisoned one."""
+    def log_interval(self, stats: IntervalStats, grad_norm: torch.Tensor) -> RunSummary | None:
+        """Report the interval to the sinks; a summary if the run must end here."""
+        step_report = self.report(stats, grad_norm, self.c.loader.epoch)
+        if self.runtime.is_main:
+            for sink in self.sinks:
+                sink(step_report)
+            if step_report.skipped_steps:
+                log.warning(
+                    "skipped %d non-finite steps of the last %d (step %d): gradient norm NaN/inf",
+                    step_report.skipped_steps,
+                    stats.num_steps,
+                    self.step,
+                )
+        if (ended := self.check_skips()) is not None:
+            return ended
+        if not math.isfinite(step_report.loss) and step_report.skipped_steps < stats.num_steps:
+            message = f"non-finite loss at step {self.step}"
+            return self.summarize("failed", EXIT_NONFINITE_LOSS, message, FAILURE_NONFINITE)
+        return None
+
+    def check_skips(self) -> RunSummary | None:
+        """At a point where the loop syncs anyway: once a streak of skipped steps reached the
+        limit, end the run before anything is committed after it. Isolated skips may be saved:
+        a NaN never reached the weights. Every rank reads the same counts."""
+        total, worst = self.skips.read()
+        limit = self.settings.nonfinite_streak_limit
+        if worst < limit:
+            return None
         message = (
-            f"non-finite gradient norm at or before step {self.step}: no checkpoint saved, "
-            f"the latest committed one is {self.last_checkpoint or 'none'}"
+            f"non-finite gradient norm at or before step {self.step}: {worst} consecutive steps "
+            f"skipped (DTJ_MAX_NONFINITE_SKIPS={self.settings.max_nonfinite_skips}), {total} in "
+            f"all; no checkpoint saved after them, the latest committed one is "
+            f"{self.last_checkpoint or 'none'}"
         )
         log.error(message)
-        return self.summarize("failed", EXIT_NONFINITE_LOSS, message)
+        return self.summarize("failed", EXIT_NONFINITE_LOSS, message, FAILURE_NONFINITE)
+
+    def set_activity(self, activity: str) -> None:
+        if activity == self.activity:
+            return
+        self.activity = activity
+        if self.watchdog is not None:
+            self.watchdog.set_activity(activity)
+        if self.telemetry is not None:
+            self.telemetry.set_activity(activity)
+
+    def on_step_done(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.on_step(self.step)
+        if self.activity == STARTING:  # compiling and the first step are behind us
+            self.set_activity(TRAINING)
+
+    def build_watchdog(self) -> HangWatchdog | None:
+        timeout_s = self.settings.hang_timeout_s
+        if timeout_s is None:
+            return None
+        on_hang = self.write_hang_summary if self.runtime.local_rank == 0 else None
+        return HangWatchdog(timeout_s, self.runtime.rank, on_hang)
+
+    def write_hang_summary(self, step: int, idle_s: float) -> None:
+        """Called on the watchdog thread of local rank 0 just before it ends the process."""
+        message = (
+            f"hang: no optimizer step for {idle_s:.0f} s at step {step} "
+            f"(DTJ_HANG_TIMEOUT_S={self.settings.hang_timeout_s:g}); every rank's stacks are "
+            "in its log"
+        )
+        write_summary(self.summarize("failed", EXIT_HANG, message, FAILURE_HANG))
 
     def export(self) -> str:
         destination = export_path(self.config.checkpoint.uri, self.step)
@@ -294,7 +486,12 @@ class TrainingLoop:
         return destination
 
     def summarize(
-        self, status: str, exit_code: int, message: str, exported: str | None = None
+        self,
+        status: str,
+        exit_code: int,
+        message: str,
+        failure_class: str | None = None,
+        exported: str | None = None,
     ) -> RunSummary:
         return RunSummary(
             status=status,
@@ -306,6 +503,8 @@ class TrainingLoop:
             last_checkpoint=self.last_checkpoint,
             exported=exported,
             message=message,
+            failure_class=failure_class,
+            last_checkpoint_step=self.last_checkpoint_step,
         )
 
 
@@ -321,11 +520,16 @@ def run_training(
     stop: StopRequest,
     sinks: list[StepSink] | None = None,
     telemetry: TrainerTelemetry | None = None,
+    on_failure: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:
-    """Set up the process group, train, tear down; returns this rank's summary."""
+    """Set up the process group, train, tear down; returns this rank's summary.
+    `on_failure` receives the summary of an uncaught error in the loop (where it got to)
+    before the error propagates."""
     runtime = init_runtime()
     try:
-        return train_on(runtime, config, stop, sinks or [log_step], telemetry)
+        return train_on(
+            runtime, config, stop, sinks or [log_step], telemetry, on_failure=on_failure
+        )
     finally:
         gc.collect()  # release the dataset's shared memory before the process group goes
         shutdown_runtime()
@@ -337,6 +541,8 @@ def train_on(
     stop: StopRequest,
     sinks: list[StepSink],
     telemetry: TrainerTelemetry | None = None,
+    *,
+    on_failure: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:
     configure_backends(runtime)
     if os.environ.get("DTJ_CLEAN_STALE_SHM", "1") != "0":
@@ -347,6 +553,21 @@ def train_on(
     components = build_components(config, runtime)
     if telemetry is not None and runtime.is_main:
         sinks = [*sinks, telemetry.on_step]
-    loop = TrainingLoop(config, runtime, components, stop, sinks, telemetry=telemetry)
-    loop.resume()
-    return loop.run()
+    loop = TrainingLoop(
+        config,
+        runtime,
+        components,
+        stop,
+        sinks,
+        telemetry=telemetry,
+        settings=read_resilience_settings(),
+        faults=read_fault_injection(),
+    )
+    try:
+        loop.resume()
+        return loop.run()
+    except Exception as error:
+        if on_failure is not None:
+            message = f"{type(error).__name__}: {error}"[:1000]
+            on_failure(loop.summarize("failed", EXIT_ERROR, message, FAILURE_ERROR))
+        raise

@@ -1,0 +1,97 @@
+"""What the loop is doing (its activity) and the hang watchdog that watches it.
+
+A rank stuck in a collective or a driver call never returns to Python, so nothing in the loop
+can notice. A daemon thread on every rank does: while the activity is `training`, no
+optimizer step for `DTJ_HANG_TIMEOUT_S` means a hang. It then writes the stacks of every
+thread of the process to stderr (where the rank is stuck), lets local rank 0 write the pod's
+termination summary, and exits with code 4 without unwinding (unwinding would wait on the
+stuck call). Starting (loading, compiling, the first step), checkpointing and evaluating may
+legitimately take long and never count; the clock restarts when training resumes.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from diffusion_trainer.report import EXIT_HANG
+
+STARTING = "starting"
+TRAINING = "training"
+CHECKPOINTING = "checkpointing"
+EVALUATING = "evaluating"
+STOPPING = "stopping"
+ACTIVITIES = (STARTING, TRAINING, CHECKPOINTING, EVALUATING, STOPPING)
+
+# Called on the watchdog thread with (step, idle seconds) just before the process exits.
+HangHandler = Callable[[int, float], None]
+
+
+class HangWatchdog:
+    def __init__(self, timeout_s: float, rank: int, on_hang: HangHandler | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.rank = rank
+        self.on_hang = on_hang
+        self.activity = STARTING
+        self.step = 0
+        self.armed_at_s = time.monotonic()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="dtj-hang-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def set_activity(self, activity: str) -> None:
+        with self._lock:
+            if activity != self.activity:
+                self.activity = activity
+                self.armed_at_s = time.monotonic()
+
+    def on_step(self, step: int) -> None:
+        with self._lock:
+            self.step = step
+            self.armed_at_s = time.monotonic()
+
+    def idle_training_s(self) -> float | None:
+        """Seconds since the last step while training; None in any other activity."""
+        with self._lock:
+            if self.activity != TRAINING:
+                return None
+            return time.monotonic() - self.armed_at_s
+
+    def _watch(self) -> None:
+        poll_s = min(max(self.timeout_s / 10, 0.05), 1.0)
+        while not self._stopped.wait(poll_s):
+            idle_s = self.idle_training_s()
+            if idle_s is not None and idle_s > self.timeout_s:
+                self._fire(idle_s)
+
+    def _fire(self, idle_s: float) -> None:
+        step = self.step
+        sys.stderr.write(
+            f"hang: no step for {idle_s:.1f} s at step {step}; stacks of rank {self.rank} follow\n"
+        )
+        sys.stderr.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        try:
+            if self.on_hang is not None:
+                self.on_hang(step, idle_s)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_HANG)
+
+
+def install_stack_dump_signal() -> None:
+    """`kill -USR1 <pid>` writes the stacks of all threads to stderr, without stopping."""
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
