@@ -6,6 +6,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 
+from testenv.chaos_report import record_incidents
 from testenv.waiting import wait_until
 
 ANNOTATION = "testenv.diffusion.dev/"
@@ -86,6 +87,7 @@ def assert_recovered(
         return not jobs and not pods
 
     wait_until(old_attempts_gone, 60, f"no Job or pod of {name}'s attempts before {attempt}")
+    record_incidents(name, status)
     return status
 
 

@@ -80,6 +80,31 @@ INVALID = [
     ),
     ("shm-size", with_changes(resources={"shmSize": "lots"}), "spec.resources.shmSize"),
     ("gpus-range", with_changes(resources={"gpusPerNode": 17}), "spec.resources.gpusPerNode"),
+    (
+        "checkpoint-scheme",
+        with_changes(checkpoint={"uri": "hdfs://nn/ckpt"}),
+        "spec.checkpoint.uri must be a local/PVC path or a URI with one of the schemes",
+    ),
+    (
+        "data-scheme",
+        with_changes(data={"train": {"remote": "http://example/shards"}}),
+        "spec.data.train.remote must be a local/PVC path",
+    ),
+    (
+        "rule-without-criteria",
+        with_changes(failurePolicy={"rules": [{"action": "Fail", "onClasses": []}]}),
+        "a failurePolicy rule needs at least one of onClasses, onReasons, onExitCodes",
+    ),
+    (
+        "rule-unknown-class",
+        with_changes(failurePolicy={"rules": [{"action": "Fail", "onClasses": ["Gremlins"]}]}),
+        "spec.failurePolicy.rules[0].onClasses[0]",
+    ),
+    (
+        "hang-timeout-range",
+        with_changes(failurePolicy={"hangTimeoutSeconds": 1}),
+        "spec.failurePolicy.hangTimeoutSeconds",
+    ),
 ]
 
 
@@ -106,6 +131,22 @@ def test_valid_spec_is_accepted_with_defaults(dtjs):
     assert spec["failurePolicy"]["maxRestarts"] == 3
     assert spec["runPolicy"]["suspend"] is False
     assert spec["resources"]["shmSize"] == "16Gi"
+    assert spec["failurePolicy"]["maxDisruptions"] == 100
+    assert spec["failurePolicy"]["nonFinite"] == {
+        "maxConsecutiveSkips": 5,
+        "rollbackCheckpoints": 1,
+        "maxRollbacks": 3,
+    }
+
+
+def test_object_store_uris_and_rules_are_accepted(dtjs):
+    spec = with_changes(
+        checkpoint={"uri": "s3://bucket/ckpt"},
+        data={"train": {"remote": "gs://bucket/shards"}},
+        failurePolicy={"rules": [{"action": "RestartNotCounted", "onExitCodes": [75]}]},
+    )
+    code, output = dtjs.apply(manifest("stores", spec))
+    assert code == 0, output
 
 
 def test_nodes_cannot_change_unless_suspended(dtjs):

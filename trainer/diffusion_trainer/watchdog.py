@@ -7,6 +7,11 @@ thread of the process to stderr (where the rank is stuck), lets local rank 0 wri
 termination summary, and exits with code 4 without unwinding (unwinding would wait on the
 stuck call). Starting (loading, compiling, the first step), checkpointing and evaluating may
 legitimately take long and never count; the clock restarts when training resumes.
+
+A rank that waits on a hung peer may be stopped before its own watchdog fires (the operator
+restarts the gang as soon as one rank reports the hang). So past half the timeout without a
+step, a SIGTERM also writes this rank's stacks (faulthandler, in C: it works while the main
+thread is stuck) before the usual stop; the next step disarms it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class HangWatchdog:
         self.step = 0
         self.armed_at_s = time.monotonic()
         self._lock = threading.Lock()
+        self._stacks_on_sigterm = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="dtj-hang-watchdog", daemon=True)
 
@@ -49,6 +55,7 @@ class HangWatchdog:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._disarm_sigterm_stacks()
 
     def set_activity(self, activity: str) -> None:
         with self._lock:
@@ -60,6 +67,7 @@ class HangWatchdog:
         with self._lock:
             self.step = step
             self.armed_at_s = time.monotonic()
+        self._disarm_sigterm_stacks()
 
     def idle_training_s(self) -> float | None:
         """Seconds since the last step while training; None in any other activity."""
@@ -72,8 +80,25 @@ class HangWatchdog:
         poll_s = min(max(self.timeout_s / 10, 0.05), 1.0)
         while not self._stopped.wait(poll_s):
             idle_s = self.idle_training_s()
+            if idle_s is not None and idle_s > self.timeout_s / 2:
+                self._arm_sigterm_stacks()
             if idle_s is not None and idle_s > self.timeout_s:
                 self._fire(idle_s)
+
+    def _arm_sigterm_stacks(self) -> None:
+        with self._lock:
+            if self._stacks_on_sigterm:
+                return
+            self._stacks_on_sigterm = True
+        # chain=True: the stop handler (preemption.StopRequest) still runs afterwards.
+        faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=True, chain=True)
+
+    def _disarm_sigterm_stacks(self) -> None:
+        with self._lock:
+            if not self._stacks_on_sigterm:
+                return
+            self._stacks_on_sigterm = False
+        faulthandler.unregister(signal.SIGTERM)
 
     def _fire(self, idle_s: float) -> None:
         step = self.step
