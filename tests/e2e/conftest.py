@@ -3,7 +3,6 @@ hostPath PV, and the cluster tier's operator and job helpers."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -15,23 +14,13 @@ from pathlib import Path
 import pytest
 from e2e_harness import LocalNode
 
+from testenv.fixture_reuse import load_cluster_fixtures
 from testenv.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_cluster_fixtures():
-    """tests/cluster/conftest.py is not visible from here; reuse its fixtures, not copies."""
-    spec = importlib.util.spec_from_file_location(
-        "dtj_cluster_fixtures", ROOT / "tests" / "cluster" / "conftest.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_cluster = load_cluster_fixtures()
+_cluster = load_cluster_fixtures("dtj_cluster_fixtures")
 crd = _cluster.crd
 run_operator = _cluster.run_operator
 operator = _cluster.operator

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from trainer_harness import REPO_ROOT, child_env, find_free_port
+from trainer_harness import REPO_ROOT, child_env, find_free_port, run_python_probe
 
 CONFIG_ERROR = 2
 
@@ -137,14 +137,7 @@ def test_config_errors_need_no_torch(tmp_path: Path) -> None:
         f"code = main(['--config', {str(path)!r}])\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=60,
-    )
+    result = run_python_probe(probe)
     assert result.returncode == CONFIG_ERROR, result.stderr
     assert "training.bogus" in result.stderr
 

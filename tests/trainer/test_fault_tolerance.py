@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 import torch
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
-from trainer_harness import child_env, run_in_process
+from trainer_harness import run_in_process, run_python_probe
 
 from diffusion_trainer.checkpoint import (
     COMMIT_MARKER,
@@ -274,14 +272,7 @@ def test_sigusr1_dumps_the_stacks_and_the_process_carries_on() -> None:
         "os.kill(os.getpid(), signal.SIGUSR1)\n"
         "print('alive')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=60,
-    )
+    result = run_python_probe(probe)
     assert result.stdout.strip() == "alive"
     assert "most recent call first" in result.stderr
 

@@ -51,6 +51,18 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_python_probe(code: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code` in the test environment, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
+
+
 def trainer_command(config_path: Path, nproc: int) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "diffusion_trainer", "--config", str(config_path)]
