@@ -60,7 +60,7 @@ class AttemptWatch:
         if self.detection.failure is None and (job.failed or job.failure_target):
             condition = "Failed" if job.failed else "FailureTarget"
             message = f"the worker Job {job.name} has condition {condition} and no failed worker"
-            self.detection.failure = Failure("Error", "JobFailed", message, failed_at=self.now)
+            self.detection.failure = Failure("Error", "JobFailed", message)
         return self.detection
 
     def settled(self, failure: Failure | None, pods: list[WorkerPod]) -> Failure | None:
@@ -105,9 +105,9 @@ class AttemptWatch:
             return []
         present = {p.index for p in pods}
         missing = [i for i in range(self.spec.resources.nodes) if i not in present]
+        # When it vanished is unknown: no failed_at, so it never waits to settle.
         return [
-            Failure("Disruption", "WorkerLost", f"worker {index} vanished", failed_at=self.now)
-            for index in missing
+            Failure("Disruption", "WorkerLost", f"worker {index} vanished") for index in missing
         ]
 
     def hang(self) -> Failure | None:

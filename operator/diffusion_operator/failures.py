@@ -45,10 +45,10 @@ GPU_OOM_HINT = (
     "lower spec.training.microBatchSize or set spec.training.activationCheckpointing: true"
 )
 GPU_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError")
-# A worker stopped by SIGTERM or deleted with no disruption condition: most often the Job
-# controller stopping the gang after another worker failed. It explains an attempt's end only
-# when nothing else does.
-COLLATERAL_REASONS = ("WorkerTerminated", "WorkerTerminating")
+# A worker stopped by SIGTERM, deleted with no disruption condition, or gone: most often the
+# Job controller stopping (and removing) the gang's other workers after one failed. It explains
+# an attempt's end only when nothing else does.
+COLLATERAL_REASONS = ("WorkerTerminated", "WorkerTerminating", "WorkerLost")
 
 
 @dataclass(frozen=True)

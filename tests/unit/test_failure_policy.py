@@ -360,3 +360,11 @@ def test_a_summary_that_arrives_while_settling_names_the_cause():
     later = NOW + timedelta(seconds=2)
     plan = plan_reconcile(state(running_status()), Observed([job()], [hung, echo]), later)
     assert plan.status["lastFailure"]["reason"] == "Hang"
+
+
+def test_a_worker_the_job_controller_removed_does_not_hide_the_real_cause():
+    status = running_status(attemptRunningTime=format_time(NOW - timedelta(minutes=1)))
+    crashed = failed(1, exit_code=1, exit_message="Traceback: boom")  # worker 0 is gone
+    plan = plan_reconcile(state(status), Observed([job(failure_target=True)], [crashed]), NOW)
+    assert plan.status["lastFailure"]["reason"] == "WorkerFailed"
+    assert plan.status["restarts"] == 1
