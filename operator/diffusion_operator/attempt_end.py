@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from diffusion_operator.failures import (
     Failure,
@@ -23,6 +22,7 @@ from diffusion_operator.failures import (
 )
 from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
 from diffusion_operator.spec import DiffusionTrainingJobSpec
+from diffusion_operator.status_types import DiffusionTrainingJobStatus
 from diffusion_operator.timefmt import parse_time
 
 # A plain error or a terminated worker may be the echo of another worker's failure that the
@@ -44,7 +44,7 @@ class AttemptWatch:
     def __init__(
         self,
         spec: DiffusionTrainingJobSpec,
-        status: dict[str, Any],
+        status: DiffusionTrainingJobStatus,
         observed: Observed,
         now: datetime,
     ) -> None:
@@ -101,7 +101,7 @@ class AttemptWatch:
 
     def lost_workers(self, pods: list[WorkerPod]) -> list[Failure]:
         """Workers gone without a trace once the gang ran (force-deleted with their node)."""
-        if not self.status.get("attemptRunningTime"):
+        if not self.status.attempt_running_time:
             return []
         present = {p.index for p in pods}
         missing = [i for i in range(self.spec.resources.nodes) if i not in present]
@@ -113,11 +113,11 @@ class AttemptWatch:
     def hang(self) -> Failure | None:
         """No step for the hang timeout while training (startup, saves, eval excluded)."""
         timeout_s = self.spec.failure_policy.hang_timeout_seconds
-        progress = self.status.get("progress") or {}
-        if not timeout_s or progress.get("activity") != "training":
+        progress = self.status.progress
+        if not timeout_s or progress is None or progress.activity != "training":
             return None
-        advanced = parse_time(progress.get("stepAdvancedAt"))
-        running = parse_time(self.status.get("attemptRunningTime"))
+        advanced = parse_time(progress.step_advanced_at)
+        running = parse_time(self.status.attempt_running_time)
         if advanced is None or running is None:
             return None
         since = max(advanced, running)
@@ -127,10 +127,10 @@ class AttemptWatch:
             self.detection.recheck_after_s.append(limit_s - idle_s)
             return None
         message = (
-            f"step {progress.get('step')} has not advanced for {int(idle_s)}s "
+            f"step {progress.step} has not advanced for {int(idle_s)}s "
             f"(hangTimeoutSeconds={timeout_s}) while all workers run"
         )
-        return Failure("Hang", "StepStalled", message, failed_at=since, step=progress.get("step"))
+        return Failure("Hang", "StepStalled", message, failed_at=since, step=progress.step)
 
 
 def terminating(pod: WorkerPod) -> Failure:

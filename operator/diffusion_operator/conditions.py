@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
+
+from diffusion_operator.status_types import Condition
 
 CONDITION_TYPES = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
 
 def set_condition(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     type_: str,
     *,
     status: bool,
@@ -16,50 +18,50 @@ def set_condition(
     message: str,
     now: str,
     generation: int | None,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """Return conditions with `type_` set; lastTransitionTime changes only when status does."""
-    status_text = "True" if status else "False"
-    updated: list[dict[str, Any]] = []
+    status_text: Literal["True", "False"] = "True" if status else "False"
+    updated: list[Condition] = []
     found = False
     for condition in conditions:
-        if condition.get("type") != type_:
+        if condition.type != type_:
             updated.append(condition)
             continue
         found = True
-        changed = condition.get("status") != status_text
+        changed = condition.status != status_text
         updated.append(
-            {
-                "type": type_,
-                "status": status_text,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": now if changed else condition.get("lastTransitionTime", now),
-                "observedGeneration": generation,
-            }
+            Condition(
+                type=type_,
+                status=status_text,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed else (condition.last_transition_time or now),
+                observed_generation=generation,
+            )
         )
     if not found:
         updated.append(
-            {
-                "type": type_,
-                "status": status_text,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": now,
-                "observedGeneration": generation,
-            }
+            Condition(
+                type=type_,
+                status=status_text,
+                reason=reason,
+                message=message,
+                last_transition_time=now,
+                observed_generation=generation,
+            )
         )
     return updated
 
 
 def conditions_for_phase(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     phase: str,
     *,
     reason: str,
     message: str,
     now: str,
     generation: int | None,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """The condition named like the phase is True with the reason; the others are False with
     the phase as reason. A phase without a condition of its own (Pending) reports its reason
     and message through the Running condition."""

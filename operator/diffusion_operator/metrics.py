@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -12,6 +12,7 @@ from diffusion_trainer.metrics import exposition_names
 
 if TYPE_CHECKING:
     from diffusion_operator.failures import Failure
+    from diffusion_operator.status_types import Incident
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -92,14 +93,14 @@ def record_attempt_end(
     ).inc()
 
 
-def record_recovery(namespace: str, job: str, incident: dict[str, Any] | None) -> None:
+def record_recovery(namespace: str, job: str, incident: Incident | None) -> None:
     """An incident is over (the next attempt runs): its times and the GPU-seconds it cost."""
     if incident is None:
         return
-    klass = str(incident.get("class"))
-    INCIDENT_SECONDS.labels(stage="detect", **{"class": klass}).observe(incident["detectSeconds"])
-    INCIDENT_SECONDS.labels(stage="recover", **{"class": klass}).observe(incident["recoverSeconds"])
-    LOST_GPU_SECONDS.labels(namespace=namespace, job=job).inc(incident["lostGpuSeconds"])
+    klass = {"class": incident.failure_class}
+    INCIDENT_SECONDS.labels(stage="detect", **klass).observe(incident.detect_seconds or 0.0)
+    INCIDENT_SECONDS.labels(stage="recover", **klass).observe(incident.recover_seconds or 0.0)
+    LOST_GPU_SECONDS.labels(namespace=namespace, job=job).inc(incident.lost_gpu_seconds or 0.0)
 
 
 def metric_names() -> set[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from diffusion_operator.status_types import CheckpointStatus
+
 
 def format_eta(seconds: float | None) -> str | None:
     if seconds is None or seconds < 0:
@@ -71,13 +73,15 @@ def mark_stale(progress: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def newer_checkpoint(
-    current: dict[str, Any] | None, reading: dict[str, Any]
-) -> dict[str, Any] | None:
+    current: CheckpointStatus | None, reading: dict[str, Any]
+) -> CheckpointStatus | None:
     """status.checkpoint from the reading, if it names a newer committed checkpoint."""
-    latest = reading.get("checkpoint") or {}
-    step = latest.get("step")
-    if not latest.get("uri") or step is None:
+    latest = reading.get("checkpoint")
+    if not isinstance(latest, dict):
         return None
-    if current and (current.get("step") or -1) >= step:
+    step, uri, time = latest.get("step"), latest.get("uri"), latest.get("time")
+    if not isinstance(uri, str) or not uri or isinstance(step, bool) or not isinstance(step, int):
         return None
-    return {"latestUri": latest["uri"], "step": step, "time": latest.get("time")}
+    if current is not None and current.step is not None and current.step >= step:
+        return None
+    return CheckpointStatus(latest_uri=uri, step=step, time=time if isinstance(time, str) else None)

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from logging import Logger
+from logging import Logger, getLogger
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -35,10 +35,13 @@ from diffusion_operator.progress_client import fetch_progress
 from diffusion_operator.render import render_trainer_config
 from diffusion_operator.settings import OperatorSettings
 from diffusion_operator.spec import DiffusionTrainingJobSpec
+from diffusion_operator.status_patch import dump_status, merge_patch, parse_status
+from diffusion_operator.status_types import Progress
 from diffusion_operator.timefmt import format_time
 from diffusion_operator.worker_job import AttemptInputs, build_worker_job
 from diffusion_trainer.config import ConfigError, TrainerConfig
 
+package_log = getLogger("diffusion_operator")
 INVALID = (400, 422)  # the API server refuses the object itself: retrying cannot help
 
 
@@ -57,11 +60,6 @@ def forget_vanished_jobs(live_keys: set[str]) -> None:
     stay: one might be in use, and a lock is a few bytes."""
     for key in metrics.tracked_job_keys() - live_keys:
         metrics.forget_job_metrics(key)
-
-
-def changed_status(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Only the status keys this pass changed: never overwrite what others wrote meanwhile."""
-    return {key: value for key, value in new.items() if old.get(key) != value}
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ def run_pass(
             return None  # deleted: owner references clean up the children
         raise
     owner = Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
-    old_status = body.get("status") or {}
+    old_status: dict[str, Any] = body.get("status") or {}
     plan, observed = plan_for(body, owner, kube, settings)
     if observed is not None and plan.spec is not None:
         read_progress(plan, observed, owner, settings)
@@ -131,14 +129,15 @@ def run_pass(
             after = plan_name_in_use(job, error.job_name, now)
         else:
             after = plan_refused_attempt(job, str(error), now)
-        write_status(kube, owner, plan.status, after)
+        write_status(kube, owner, dump_status(plan.status), after)
         post_events(after, owner, kube, log)
         return after
     return plan
 
 
 def write_status(kube: Kube, owner: Owner, old_status: dict[str, Any], plan: Plan) -> None:
-    patch = changed_status(old_status, plan.status)
+    """Only what this pass changed: never overwrite what others wrote meanwhile."""
+    patch = merge_patch(old_status, dump_status(plan.status))
     if patch and not plan.delete_self:
         kube.patch_status(owner.namespace, owner.name, patch)
 
@@ -155,17 +154,17 @@ def plan_for(
     body: dict[str, Any], owner: Owner, kube: Kube, settings: OperatorSettings
 ) -> tuple[Plan, Observed | None]:
     meta = body["metadata"]
-    status = dict(body.get("status") or {})
+    status = parse_status(body.get("status"))
     parsed = parse_spec(body.get("spec") or {}, owner.name, owner.namespace, settings)
     if parsed.spec is None:
         events = (
             []
-            if status.get("phase") == "Failed"
+            if status.phase == "Failed"
             else [JobEvent("Warning", "InvalidSpec", parsed.error or "")]
         )
-        status.update(phase="Failed", observedGeneration=meta.get("generation"))
+        status.phase, status.observed_generation = "Failed", meta.get("generation")
         return Plan(status=status, events=events), None
-    terminal = status.get("phase") in ("Succeeded", "Failed")
+    terminal = status.phase in ("Succeeded", "Failed")
     if parsed.config is not None and not terminal:
         kube.apply_config_map(build_config_map(owner, parsed.config))
         kube.ensure_service(build_service(owner))
@@ -179,22 +178,30 @@ def plan_for(
 
 
 def read_progress(plan: Plan, observed: Observed, owner: Owner, settings: OperatorSettings) -> None:
-    """Fold rank 0's progress into status while the gang runs; unreachable means stale."""
-    if plan.status.get("phase") != "Running":
+    """Fold rank 0's progress into status while the gang runs; unreachable means stale, and a
+    reading of the wrong shape is dropped with a warning (the last good values stay)."""
+    if plan.status.phase != "Running":
         return
-    attempt = int(plan.status.get("attempt", 0))
+    attempt = plan.status.attempt
     rank0 = next((p for p in observed.pods_of(attempt) if p.index == 0 and not p.deleting), None)
     reading = None
     if rank0 is not None and rank0.phase == "Running":
         reading = fetch_progress(progress_host(rank0, owner, attempt, settings))
-    if reading is None:
-        plan.status["progress"] = mark_stale(plan.status.get("progress"))
+    current = plan.status.progress.model_dump(by_alias=True) if plan.status.progress else None
+    folded = mark_stale(current)
+    if reading is not None:
+        fresh = progress_from_reading(reading, format_time(datetime.now(UTC)))
+        folded = fold_reading(current, fresh)
+    try:
+        plan.status.progress = None if folded is None else Progress.model_validate(folded)
+    except ValidationError as error:
+        package_log.warning("%s/%s: malformed progress: %s", owner.namespace, owner.name, error)
+        stale = mark_stale(current)
+        plan.status.progress = None if stale is None else Progress.model_validate(stale)
         return
-    fresh = progress_from_reading(reading, format_time(datetime.now(UTC)))
-    plan.status["progress"] = fold_reading(plan.status.get("progress"), fresh)
-    checkpoint = newer_checkpoint(plan.status.get("checkpoint"), reading)
+    checkpoint = newer_checkpoint(plan.status.checkpoint, reading or {})
     if checkpoint:
-        plan.status["checkpoint"] = checkpoint
+        plan.status.checkpoint = checkpoint
 
 
 def progress_host(pod: WorkerPod, owner: Owner, attempt: int, settings: OperatorSettings) -> str:
@@ -204,7 +211,7 @@ def progress_host(pod: WorkerPod, owner: Owner, attempt: int, settings: Operator
 
 
 def record_metrics(plan: Plan, observed: Observed, owner: Owner) -> None:
-    attempt = int(plan.status.get("attempt", 0))
+    attempt = plan.status.attempt
     pods = observed.pods_of(attempt)
     key = f"{owner.namespace}/{owner.name}"
     metrics.record_worker_pods(key, [p.phase for p in observed.pods])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-OPERATOR_METRICS_PORT = free_port()
+# One port per pytest process: the operator's metrics server starts once per process, and the
+# e2e and chaos tiers load this module again.
+OPERATOR_METRICS_PORT = int(
+    os.environ.setdefault("DTJ_TEST_OPERATOR_METRICS_PORT", str(free_port()))
+)
 OPERATOR_ENV = {
     "DTJ_OPERATOR_RECONCILE_INTERVAL_S": "1",
     "DTJ_OPERATOR_DEFAULT_CHECKPOINT_ROOT": "/checkpoints",

@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from test_lifecycle import NOW, condition, job, pod, running_status, state
+from test_lifecycle import NOW, condition, job, pod, running_status, state, status_of
 
 from diffusion_operator.attempt_end import stuck_pods
 from diffusion_operator.failures import Failure, choose_action, classify_pod, parse_summary
@@ -85,10 +85,10 @@ def test_rules_override_defaults_in_order_first_match_wins():
 
 def test_disruption_restarts_without_spending_max_restarts():
     plan = end_attempt(failed(exit_code=143, disruption_reason="PreemptionByScheduler"))
-    assert plan.status["phase"] == "Restarting"
-    assert (plan.status["restarts"], plan.status["disruptions"]) == (0, 1)
-    assert plan.status["lastFailure"]["class"] == "Disruption"
-    assert plan.status["lastFailure"]["action"] == "RestartNotCounted"
+    assert status_of(plan)["phase"] == "Restarting"
+    assert (status_of(plan)["restarts"], status_of(plan)["disruptions"]) == (0, 1)
+    assert status_of(plan)["lastFailure"]["class"] == "Disruption"
+    assert status_of(plan)["lastFailure"]["action"] == "RestartNotCounted"
     assert "not counted" in condition(plan, "Restarting")["message"]
 
 
@@ -99,36 +99,36 @@ def test_disruptions_have_their_own_cap():
         status=status,
         maxDisruptions=3,
     )
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
     assert "failurePolicy.maxDisruptions: 3" in condition(plan, "Failed")["message"]
 
 
 def test_config_error_fails_at_once_with_the_trainer_message():
     message = summary(failureClass="ConfigError", message="data.train.local holds no MDS dataset")
     plan = end_attempt(failed(exit_code=1, summary=parse_summary(message)))
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
     assert condition(plan, "Failed")["reason"] == "ConfigError"
     assert "holds no MDS dataset" in condition(plan, "Failed")["message"]
-    assert plan.status.get("restarts") == 0
+    assert status_of(plan).get("restarts") == 0
 
 
 def test_the_trainer_class_explains_the_attempt_before_its_peers_plain_errors():
     root = failed(1, exit_code=1, summary=parse_summary(summary(failureClass="Hang")))
     peer = pod(2, "Failed", exit_code=1, finished_at=NOW - timedelta(seconds=30))
     plan = end_attempt(root, peer)
-    assert plan.status["lastFailure"]["reason"] == "Hang"
+    assert status_of(plan)["lastFailure"]["reason"] == "Hang"
 
 
 def test_non_finite_rolls_back_past_the_offending_step():
     status = running_status(checkpoint={"latestUri": "/c/step-00000060", "step": 60})
     message = summary(failureClass="NonFinite", step=73)
     plan = end_attempt(failed(exit_code=1, summary=parse_summary(message)), status=status)
-    assert plan.status["rollbacks"] == 1 and plan.status["restarts"] == 0
-    assert plan.status["rollback"] == {"attempt": 2, "checkpoints": 1, "skipDataToStep": 73}
-    assert plan.status["checkpoint"] is None  # the newer checkpoints are abandoned
+    assert status_of(plan)["rollbacks"] == 1 and status_of(plan)["restarts"] == 0
+    assert status_of(plan)["rollback"] == {"attempt": 2, "checkpoints": 1, "skipDataToStep": 73}
+    assert plan.status.checkpoint is None  # the newer checkpoints are abandoned
     leftovers_gone = Observed([job(deleting=True)], [])
     again = plan_reconcile(
-        state({**plan.status, "restartAfter": format_time(NOW)}, failurePolicy={}),
+        state({**status_of(plan), "restartAfter": format_time(NOW)}, failurePolicy={}),
         leftovers_gone,
         NOW,
     )
@@ -145,7 +145,7 @@ def test_rollbacks_are_bounded():
         status=status,
         nonFinite={"maxRollbacks": 1},
     )
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
     assert "nonFinite.maxRollbacks: 1" in condition(plan, "Failed")["message"]
 
 
@@ -153,7 +153,7 @@ def test_failure_target_ends_the_attempt_while_a_pod_is_still_terminating():
     stuck = pod(1, deleting=True, node_name="n1", deletion_requested_at=NOW)
     observed = Observed([job(failure_target=True)], [pod(0), stuck])
     plan = plan_reconcile(state(running_status()), observed, NOW)
-    assert plan.status["phase"] == "Restarting"
+    assert status_of(plan)["phase"] == "Restarting"
     assert plan.delete_jobs == ["sd-a1"]
 
 
@@ -162,19 +162,19 @@ def test_a_worker_on_a_not_ready_node_ends_the_attempt_after_the_timeout():
     unwell = pod(1, node_name="gpu-7", not_ready_since=since)
     nodes = {"gpu-7": NodeHealth(ready=False, not_ready_since=since, reason="NodeStatusUnknown")}
     waiting = end_attempt(unwell, nodes=nodes, nodeNotReadyTimeoutSeconds=60)
-    assert waiting.status["phase"] == "Running"
+    assert status_of(waiting)["phase"] == "Running"
     assert waiting.requeue_after_s == pytest.approx(40)
     plan = end_attempt(unwell, nodes=nodes, nodeNotReadyTimeoutSeconds=10)
     assert condition(plan, "Restarting")["reason"] == "NodeNotReady"
-    assert plan.status["disruptions"] == 1
-    assert [n["name"] for n in plan.status["avoidedNodes"]] == ["gpu-7"]
-    assert plan.status["incidents"][-1]["detectSeconds"] == 20
+    assert status_of(plan)["disruptions"] == 1
+    assert [n["name"] for n in status_of(plan)["avoidedNodes"]] == ["gpu-7"]
+    assert status_of(plan)["incidents"][-1]["detectSeconds"] == 20
 
 
 def test_a_ready_node_is_not_blamed_for_an_unready_pod():
     unwell = pod(1, node_name="gpu-7", not_ready_since=NOW - timedelta(hours=1))
     plan = end_attempt(unwell, nodes={"gpu-7": NodeHealth()}, nodeNotReadyTimeoutSeconds=10)
-    assert plan.status["phase"] == "Running"
+    assert status_of(plan)["phase"] == "Running"
 
 
 def test_a_deleted_node_is_a_node_lost_disruption():
@@ -233,7 +233,7 @@ def test_expired_node_avoidance_is_dropped():
     }
     created = plan_reconcile(state(status), Observed(), NOW)
     assert created.avoid_nodes == []
-    assert created.status["avoidedNodes"] is None
+    assert created.status.avoided_nodes is None
 
 
 def hang_status(idle_s: float, activity: str = "training") -> dict:
@@ -255,10 +255,10 @@ def test_a_step_that_stops_advancing_is_a_hang_after_the_backstop_delay():
     assert early.requeue_after_s == pytest.approx(15)
     hung = plan_reconcile(state(hang_status(126), **spec_fields), observed, NOW)
     assert condition(hung, "Restarting")["reason"] == "StepStalled"
-    assert hung.status["lastFailure"]["class"] == "Hang"
-    assert hung.status["restarts"] == 1
+    assert status_of(hung)["lastFailure"]["class"] == "Hang"
+    assert status_of(hung)["restarts"] == 1
     saving = plan_reconcile(state(hang_status(500, "checkpointing"), **spec_fields), observed, NOW)
-    assert saving.status["phase"] == "Running"
+    assert status_of(saving)["phase"] == "Running"
 
 
 def test_the_final_checkpoint_comes_from_the_trainer_summary():
@@ -266,9 +266,9 @@ def test_the_final_checkpoint_comes_from_the_trainer_summary():
     final = summary(status="completed", lastCheckpoint="/c/step-00000060", lastCheckpointStep=60)
     done = pod(0, "Succeeded", summary=parse_summary(final), finished_at=NOW)
     plan = plan_reconcile(state(status), Observed([job(complete=True)], [done]), NOW)
-    assert plan.status["phase"] == "Succeeded"
-    assert plan.status["checkpoint"]["step"] == 60
-    assert plan.status["checkpoint"]["latestUri"] == "/c/step-00000060"
+    assert status_of(plan)["phase"] == "Succeeded"
+    assert status_of(plan)["checkpoint"]["step"] == 60
+    assert status_of(plan)["checkpoint"]["latestUri"] == "/c/step-00000060"
 
 
 def test_goodput_counts_work_since_the_last_checkpoint_as_lost():
@@ -280,24 +280,24 @@ def test_goodput_counts_work_since_the_last_checkpoint_as_lost():
     gpus = {"resources": {"nodes": 2, "gpusPerNode": 8}}
     observed = Observed([job()], [pod(0), pod(1, "Failed", exit_code=1, finished_at=NOW)])
     settling = plan_reconcile(state(status, **gpus), observed, NOW)
-    assert settling.status["phase"] == "Running"  # a plain error waits for its peers' news
+    assert status_of(settling)["phase"] == "Running"  # a plain error waits for its peers' news
     assert settling.requeue_after_s == pytest.approx(5)
     decided = NOW + timedelta(seconds=5)
     plan = plan_reconcile(state(status, **gpus), observed, decided)
-    goodput = plan.status["goodput"]
+    goodput = status_of(plan)["goodput"]
     assert goodput["allocatedGpuSeconds"] == 1680  # 105 s x 16 GPUs
     assert goodput["lostGpuSeconds"] == 480  # 30 s since the checkpoint x 16
     assert goodput["productiveGpuSeconds"] == 1200
-    assert plan.status["incidents"][-1]["detectSeconds"] == 5
+    assert status_of(plan)["incidents"][-1]["detectSeconds"] == 5
     later = decided + timedelta(seconds=20)
     recovered = plan_reconcile(
-        state({**plan.status, "phase": "Restarting"}, **gpus),
+        state({**status_of(plan), "phase": "Restarting"}, **gpus),
         Observed([job(attempt=2)], [pod(0, attempt=2), pod(1, attempt=2)]),
         later,
     )
     incident = recovered.incident_closed
-    assert incident is not None and incident["recoverSeconds"] == 20
-    assert recovered.status["goodput"]["lostGpuSeconds"] == 480 + 20 * 16
+    assert incident is not None and incident.recover_seconds == 20
+    assert status_of(recovered)["goodput"]["lostGpuSeconds"] == 480 + 20 * 16
 
 
 def test_worker_env_carries_the_failure_policy_once():
@@ -347,8 +347,8 @@ def test_a_worker_stopped_by_the_job_controller_does_not_hide_the_real_cause():
     crashed = failed(1, exit_code=1, exit_message="Traceback: boom")
     stopped = pod(0, "Failed", exit_code=143, finished_at=NOW)  # SIGTERM, no DisruptionTarget
     plan = plan_reconcile(state(running_status()), Observed([job()], [stopped, crashed]), NOW)
-    assert plan.status["lastFailure"]["reason"] == "WorkerFailed"
-    assert plan.status["restarts"] == 1
+    assert status_of(plan)["lastFailure"]["reason"] == "WorkerFailed"
+    assert status_of(plan)["restarts"] == 1
 
 
 def test_a_summary_that_arrives_while_settling_names_the_cause():
@@ -359,12 +359,12 @@ def test_a_summary_that_arrives_while_settling_names_the_cause():
     hung = pod(0, "Failed", exit_code=1, summary=said, finished_at=NOW + timedelta(seconds=1))
     later = NOW + timedelta(seconds=2)
     plan = plan_reconcile(state(running_status()), Observed([job()], [hung, echo]), later)
-    assert plan.status["lastFailure"]["reason"] == "Hang"
+    assert status_of(plan)["lastFailure"]["reason"] == "Hang"
 
 
 def test_a_worker_the_job_controller_removed_does_not_hide_the_real_cause():
     status = running_status(attemptRunningTime=format_time(NOW - timedelta(minutes=1)))
     crashed = failed(1, exit_code=1, exit_message="Traceback: boom")  # worker 0 is gone
     plan = plan_reconcile(state(status), Observed([job(failure_target=True)], [crashed]), NOW)
-    assert plan.status["lastFailure"]["reason"] == "WorkerFailed"
-    assert plan.status["restarts"] == 1
+    assert status_of(plan)["lastFailure"]["reason"] == "WorkerFailed"
+    assert status_of(plan)["restarts"] == 1

@@ -12,6 +12,7 @@ from diffusion_operator.lifecycle import (
 )
 from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
 from diffusion_operator.spec import DiffusionTrainingJobSpec, spec_fingerprint
+from diffusion_operator.status_patch import dump_status, parse_status
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
@@ -22,7 +23,12 @@ def spec_of(**fields) -> DiffusionTrainingJobSpec:
 
 
 def state(status: dict | None = None, **spec_fields) -> JobState:
-    return JobState("sd", "ns", 1, spec_of(**spec_fields), status or {})
+    return JobState("sd", "ns", 1, spec_of(**spec_fields), parse_status(status))
+
+
+def status_of(plan) -> dict:
+    """The plan's status as it is written to the API server."""
+    return dump_status(plan.status)
 
 
 def running_status(attempt: int = 1, **extra) -> dict:
@@ -47,16 +53,16 @@ def pod(index: int, phase: str = "Running", attempt: int = 1, **fields) -> Worke
 
 
 def condition(plan, type_: str) -> dict:
-    return next(c for c in plan.status["conditions"] if c["type"] == type_)
+    return next(c for c in status_of(plan)["conditions"] if c["type"] == type_)
 
 
 def test_new_job_creates_attempt_one():
     plan = plan_reconcile(state(), Observed(), NOW)
     assert plan.create_attempt == 1
     assert plan.create_suspended is False
-    assert plan.status["phase"] == "Pending"
-    assert plan.status["attempt"] == 1
-    assert plan.status["observedGeneration"] == 1
+    assert status_of(plan)["phase"] == "Pending"
+    assert status_of(plan)["attempt"] == 1
+    assert status_of(plan)["observedGeneration"] == 1
     assert [e.reason for e in plan.events] == ["Created"]
 
 
@@ -64,16 +70,16 @@ def test_all_workers_running_is_running():
     observed = Observed([job()], [pod(0), pod(1)])
     plan = plan_reconcile(state(running_status(phase="Pending")), observed, NOW)
     assert plan.create_attempt is None
-    assert plan.status["phase"] == "Running"
+    assert status_of(plan)["phase"] == "Running"
     assert condition(plan, "Running")["status"] == "True"
-    assert plan.status["workers"]["ready"] == 2
+    assert status_of(plan)["workers"]["ready"] == 2
 
 
 def test_partly_scheduled_stays_pending_with_the_scheduler_message():
     unschedulable = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
     observed = Observed([job()], [pod(0), pod(1, "Pending", unschedulable_message=unschedulable)])
     plan = plan_reconcile(state(running_status(phase="Pending")), observed, NOW)
-    assert plan.status["phase"] == "Pending"
+    assert status_of(plan)["phase"] == "Pending"
     running = condition(plan, "Running")
     assert running["status"] == "False"
     assert running["reason"] == "WaitingForWorkers"
@@ -83,8 +89,8 @@ def test_partly_scheduled_stays_pending_with_the_scheduler_message():
 def test_complete_job_succeeds():
     observed = Observed([job(complete=True)], [pod(0, "Succeeded"), pod(1, "Succeeded")])
     plan = plan_reconcile(state(running_status()), observed, NOW)
-    assert plan.status["phase"] == "Succeeded"
-    assert plan.status["completionTime"] == format_time(NOW)
+    assert status_of(plan)["phase"] == "Succeeded"
+    assert status_of(plan)["completionTime"] == format_time(NOW)
     assert condition(plan, "Succeeded")["status"] == "True"
 
 
@@ -92,7 +98,7 @@ def test_failure_without_restart_budget_fails_with_exit_code():
     failed = pod(1, "Failed", exit_code=1, exit_reason="Error", exit_message="boom")
     observed = Observed([job()], [pod(0), failed])
     plan = plan_reconcile(state(running_status(), failurePolicy={"maxRestarts": 0}), observed, NOW)
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
     failed_condition = condition(plan, "Failed")
     assert failed_condition["reason"] == "WorkerFailed"
     assert "exit code 1: boom" in failed_condition["message"]
@@ -110,24 +116,24 @@ def test_oom_killed_fails_at_once_and_names_the_knobs():
     failed = pod(1, "Failed", exit_code=137, exit_reason="OOMKilled")
     observed = Observed([job()], [pod(0), failed])
     plan = plan_reconcile(state(running_status(), failurePolicy={"maxRestarts": 5}), observed, NOW)
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
     message = condition(plan, "Failed")["message"]
     assert condition(plan, "Failed")["reason"] == "OOMKilled"
     assert "microBatchSize" in message and "activationCheckpointing" in message
-    assert plan.status["lastFailure"]["class"] == "OOMKilled"
-    assert plan.status.get("restarts") == 0
+    assert status_of(plan)["lastFailure"]["class"] == "OOMKilled"
+    assert status_of(plan).get("restarts") == 0
 
 
 def test_failure_with_budget_restarts_the_gang_after_backoff():
     observed = Observed([job()], [pod(0), pod(1, "Failed", exit_code=1)])
     plan = plan_reconcile(state(running_status(), failurePolicy={"maxRestarts": 2}), observed, NOW)
-    assert plan.status["phase"] == "Restarting"
-    assert plan.status["attempt"] == 2
-    assert plan.status["restarts"] == 1
+    assert status_of(plan)["phase"] == "Restarting"
+    assert status_of(plan)["attempt"] == 2
+    assert status_of(plan)["restarts"] == 1
     assert plan.delete_jobs == ["sd-a1"]
     assert plan.create_attempt is None  # not before the old pods are gone
-    assert plan.status["restartAfter"] == format_time(NOW + timedelta(seconds=10))
-    assert plan.status["lastFailure"]["attempt"] == 1
+    assert status_of(plan)["restartAfter"] == format_time(NOW + timedelta(seconds=10))
+    assert status_of(plan)["lastFailure"]["attempt"] == 1
     assert any(e.type == "Warning" for e in plan.events)
 
 
@@ -157,7 +163,7 @@ def test_next_attempt_resumes_from_latest_checkpoint():
     plan = plan_reconcile(state(status), Observed(), NOW)
     assert plan.create_attempt == 2
     assert plan.resume_from == "/ckpt/step-00000050"
-    assert plan.status["restartAfter"] is None
+    assert plan.status.restart_after is None
 
 
 def test_leftover_older_job_is_deleted():
@@ -171,15 +177,15 @@ def test_suspend_suspends_the_running_attempt_and_resume_unsuspends():
     observed = Observed([job()], [pod(0), pod(1)])
     suspended = plan_reconcile(state(running_status(), runPolicy={"suspend": True}), observed, NOW)
     assert suspended.set_suspend == {"sd-a1": True}
-    assert suspended.status["phase"] == "Suspended"
+    assert status_of(suspended)["phase"] == "Suspended"
     suspended_job = AttemptJob(name="sd-a1", attempt=1, suspended=True)
     resumed = plan_reconcile(
         state(running_status(phase="Suspended")), Observed([suspended_job], []), NOW
     )
     assert resumed.set_suspend == {"sd-a1": False}
-    assert resumed.status["phase"] == "Pending"
-    assert resumed.status["attemptStartTime"] == format_time(NOW)
-    assert resumed.status["startTime"] == format_time(NOW)
+    assert status_of(resumed)["phase"] == "Pending"
+    assert status_of(resumed)["attemptStartTime"] == format_time(NOW)
+    assert status_of(resumed)["startTime"] == format_time(NOW)
 
 
 def test_resume_after_a_spec_change_replaces_the_suspended_attempt():
@@ -195,12 +201,12 @@ def test_resume_after_a_spec_change_replaces_the_suspended_attempt():
     )
     assert changed.set_suspend == {}
     assert changed.delete_jobs == ["sd-a1"]
-    assert changed.status["attempt"] == 2
-    assert changed.status["restarts"] == 0  # not a failure
+    assert status_of(changed)["attempt"] == 2
+    assert status_of(changed)["restarts"] == 0  # not a failure
     assert condition(changed, "Running")["reason"] == "SpecChanged"
-    recreated = plan_reconcile(state(dict(changed.status), resources={"nodes": 4}), Observed(), NOW)
+    recreated = plan_reconcile(state(status_of(changed), resources={"nodes": 4}), Observed(), NOW)
     assert recreated.create_attempt == 2
-    assert recreated.status["phase"] == "Pending"  # a new spec, not a failure
+    assert status_of(recreated)["phase"] == "Pending"  # a new spec, not a failure
 
 
 def test_active_deadline_does_not_count_time_suspended():
@@ -211,9 +217,9 @@ def test_active_deadline_does_not_count_time_suspended():
     still_suspended = plan_reconcile(
         state(status, runPolicy={"suspend": True, **deadline}), Observed([suspended_job], []), NOW
     )
-    assert still_suspended.status["phase"] == "Suspended"
+    assert status_of(still_suspended)["phase"] == "Suspended"
     resumed = plan_reconcile(state(status, runPolicy=deadline), Observed([suspended_job], []), NOW)
-    assert resumed.status["phase"] == "Pending"
+    assert status_of(resumed)["phase"] == "Pending"
     assert resumed.set_suspend == {"sd-a1": False}
     admitted_job = AttemptJob(name="sd-a1", attempt=1, suspended=False)
     admitted = plan_reconcile(
@@ -221,8 +227,8 @@ def test_active_deadline_does_not_count_time_suspended():
         Observed([admitted_job], [pod(0), pod(1)]),
         NOW,
     )
-    assert admitted.status["phase"] == "Running"
-    assert admitted.status["startTime"] == format_time(NOW)
+    assert status_of(admitted)["phase"] == "Running"
+    assert status_of(admitted)["startTime"] == format_time(NOW)
 
 
 def test_queued_job_is_created_suspended_and_left_to_kueue():
@@ -243,7 +249,7 @@ def test_start_deadline_fails_with_the_reason():
     message = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
     observed = Observed([job()], [pod(0, "Pending", unschedulable_message=message)])
     plan = plan_reconcile(state(status, runPolicy={"startDeadlineSeconds": 60}), observed, NOW)
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
     failed = condition(plan, "Failed")
     assert failed["reason"] == "StartDeadlineExceeded"
     assert "Insufficient nvidia.com/gpu" in failed["message"]
@@ -257,13 +263,13 @@ def test_start_deadline_ends_once_the_gang_has_run():
     ran = plan_reconcile(
         state(status, runPolicy=deadline), Observed([job()], [pod(0), pod(1)]), NOW
     )
-    assert ran.status["attemptRunningTime"] == format_time(NOW)
+    assert status_of(ran)["attemptRunningTime"] == format_time(NOW)
     drained = Observed([job()], [pod(0), pod(1, deleting=True)])
-    plan = plan_reconcile(state(dict(ran.status), runPolicy=deadline), drained, NOW)
+    plan = plan_reconcile(state(status_of(ran), runPolicy=deadline), drained, NOW)
     # A drained worker ends the attempt as a disruption, never as a missed start deadline.
-    assert plan.status["phase"] == "Restarting"
+    assert status_of(plan)["phase"] == "Restarting"
     assert condition(plan, "Restarting")["reason"] == "WorkerTerminating"
-    assert (plan.status["restarts"], plan.status["disruptions"]) == (0, 1)
+    assert (status_of(plan)["restarts"], status_of(plan)["disruptions"]) == (0, 1)
     assert plan.delete_jobs == ["sd-a1"]
 
 
@@ -280,7 +286,7 @@ def test_a_failed_job_whose_workers_were_not_stopped_stops_them_on_the_next_pass
     observed = Observed([job(), AttemptJob(name="sd-a0", attempt=0, suspended=False, failed=True)])
     plan = plan_reconcile(state(failed), observed, NOW)
     assert plan.delete_jobs == ["sd-a1"]  # the failed one keeps its pods for their logs
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
 
 
 def test_pods_of_a_deleted_namesake_hold_back_the_next_attempt():
@@ -288,7 +294,7 @@ def test_pods_of_a_deleted_namesake_hold_back_the_next_attempt():
     assert plan.create_attempt is None
     assert condition(plan, "Running")["reason"] == "WaitingForOldWorkers"
     assert "deleted job with the same name" in condition(plan, "Running")["message"]
-    assert plan_reconcile(state(dict(plan.status)), Observed(), NOW).create_attempt == 1
+    assert plan_reconcile(state(status_of(plan)), Observed(), NOW).create_attempt == 1
 
 
 def test_ttl_deletes_a_finished_job_only_when_due():
@@ -307,13 +313,15 @@ def test_ttl_deletes_a_finished_job_only_when_due():
 def test_job_created_before_a_lost_status_patch_is_adopted():
     plan = plan_reconcile(state({}), Observed([job()], []), NOW)
     assert plan.create_attempt is None
-    assert plan.status["attempt"] == 1
+    assert status_of(plan)["attempt"] == 1
 
 
 def test_invalid_spec_fails_without_children():
-    job_state = JobState("sd", "ns", 1, spec_of(), {}, config_error="spec.training.x: bad")
+    job_state = JobState(
+        "sd", "ns", 1, spec_of(), parse_status({}), config_error="spec.training.x: bad"
+    )
     plan = plan_reconcile(job_state, Observed(), NOW)
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
     assert condition(plan, "Failed")["reason"] == "InvalidSpec"
     assert plan.create_attempt is None
 
@@ -321,21 +329,21 @@ def test_invalid_spec_fails_without_children():
 def test_unrenderable_edit_keeps_the_running_attempt_until_it_needs_a_new_one():
     error = "spec.training.microBatchSize: 24 does not divide the batch"
     observed = Observed([job()], [pod(0), pod(1)])
-    running = JobState("sd", "ns", 2, spec_of(), running_status(), config_error=error)
+    running = JobState("sd", "ns", 2, spec_of(), parse_status(running_status()), config_error=error)
     plan = plan_reconcile(running, observed, NOW)
-    assert plan.status["phase"] == "Running"
-    assert plan.status["specError"] == error
+    assert status_of(plan)["phase"] == "Running"
+    assert status_of(plan)["specError"] == error
     assert [e.reason for e in plan.events] == ["SpecRejected"]
     assert plan.delete_jobs == []
-    again = plan_reconcile(
-        JobState("sd", "ns", 2, spec_of(), dict(plan.status), error), observed, NOW
-    )
+    again = plan_reconcile(JobState("sd", "ns", 2, spec_of(), plan.status, error), observed, NOW)
     assert again.events == []  # reported once
     restarting = running_status(attempt=2, phase="Restarting", restartAfter=format_time(NOW))
     plan = plan_reconcile(
-        JobState("sd", "ns", 2, spec_of(), restarting, config_error=error), Observed(), NOW
+        JobState("sd", "ns", 2, spec_of(), parse_status(restarting), config_error=error),
+        Observed(),
+        NOW,
     )
-    assert plan.status["phase"] == "Failed"
+    assert status_of(plan)["phase"] == "Failed"
     assert condition(plan, "Failed")["reason"] == "InvalidSpec"
     assert plan.create_attempt is None
 

@@ -9,6 +9,7 @@ from diffusion_operator.progress import (
     newer_checkpoint,
     progress_from_reading,
 )
+from diffusion_operator.status_types import CheckpointStatus
 
 READING = {
     "step": 120,
@@ -87,11 +88,11 @@ def test_unreachable_endpoint_keeps_values_and_marks_stale():
 
 
 def test_only_a_newer_checkpoint_replaces_status():
-    assert newer_checkpoint(None, READING) == {
-        "latestUri": "/ckpt/step-00000100",
-        "step": 100,
-        "time": "2026-11-29T12:00:00Z",
-    }
-    assert newer_checkpoint({"latestUri": "/x", "step": 100}, READING) is None
-    assert newer_checkpoint({"latestUri": "/x", "step": 50}, READING) is not None
+    assert newer_checkpoint(None, READING) == CheckpointStatus(
+        latest_uri="/ckpt/step-00000100", step=100, time="2026-11-29T12:00:00Z"
+    )
+    assert newer_checkpoint(CheckpointStatus(latest_uri="/x", step=100), READING) is None
+    assert newer_checkpoint(CheckpointStatus(latest_uri="/x", step=50), READING) is not None
     assert newer_checkpoint(None, {"step": 1}) is None
+    malformed = {"checkpoint": {"uri": "/x", "step": "100"}}
+    assert newer_checkpoint(None, malformed) is None
