@@ -29,6 +29,13 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
     {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.checkpoint.step", "priority": 1},
+    {"name": "Disruptions", "type": "integer", "jsonPath": ".status.disruptions", "priority": 1},
+    {
+        "name": "Last-Failure",
+        "type": "string",
+        "jsonPath": ".status.lastFailure.reason",
+        "priority": 1,
+    },
 ]
 
 
