@@ -10,7 +10,8 @@ import threading
 import time
 
 import pytest
-from chaos_harness import (
+
+from testenv.chaos_checks import (
     CheckpointWatch,
     annotations,
     assert_recovered,
@@ -18,7 +19,6 @@ from chaos_harness import (
     finish,
     trainer_summary,
 )
-
 from testenv.gpu_pool import set_node_ready
 from testenv.waiting import wait_until
 

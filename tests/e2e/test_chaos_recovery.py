@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import pytest
 from e2e_harness import local_job_spec
@@ -22,7 +21,7 @@ from test_local_training import (
     wait_worker,
 )
 
-from testenv.chaos_report import record_incidents
+from testenv.chaos_checks import CheckpointWatch, assert_recovered
 from testenv.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.chaos]
@@ -37,35 +36,18 @@ def chaos_spec(namespace: str, max_steps: int, interval: int, **env: str) -> dic
     return spec
 
 
-def checkpoint_history(dtjs, job: str, until_phase: str, timeout_s: float) -> list[int]:
-    """status.checkpoint.step as it changes, until the job reaches until_phase."""
-    steps: list[int] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = dtjs.status(job)
-        step = (status.get("checkpoint") or {}).get("step")
-        if step is not None and (not steps or steps[-1] != step):
-            steps.append(step)
-        if status.get("phase") in (until_phase, "Failed"):
-            return steps
-        time.sleep(0.5)
-    raise TimeoutError(f"{job} did not reach {until_phase}: {dtjs.status(job)}")
-
-
 def test_a_hung_rank_dumps_every_rank_stacks_and_the_gang_restarts(
     local_node, operator, dtjs, namespace, data_claim
 ):
     job = "hang"
     spec = chaos_spec(namespace, 12, 4, DTJ_FAULT_HANG_AT_STEP="6:1", DTJ_FAULT_ATTEMPT="1")
     spec["failurePolicy"]["hangTimeoutSeconds"] = 10
-    dtjs.create(job, spec)
-    history = checkpoint_history(dtjs, job, "Succeeded", timeout_s=420)
-    status = dtjs.status(job)
-    record_incidents(job, status)
-    assert status["phase"] == "Succeeded", status
-    assert (status["attempt"], status["restarts"], status.get("disruptions", 0)) == (2, 1, 0)
-    assert (status["lastFailure"]["reason"], status["lastFailure"]["class"]) == ("Hang", "Hang")
-    assert history == sorted(history)
+    with CheckpointWatch(dtjs, job):
+        dtjs.create(job, spec)
+        status = assert_recovered(
+            dtjs, job, phase="Succeeded", attempt=2, restarts=1, reason="Hang", timeout_s=420
+        )
+    assert status["lastFailure"]["class"] == "Hang"
     hung = rank_log(local_node, namespace, job, 1, 1)
     assert "stacks of rank 1 follow" in hung and "hang_for_fault_tests" in hung, hung[-2000:]
     assert FAULTHANDLER_STACK in hung and STACK_LINE.search(hung), hung[-2000:]
@@ -86,22 +68,21 @@ def test_sigterm_during_a_save_longer_than_30s_still_commits_and_resumes(
     # Only attempt 1's saves are slow: 40 s, past torchrun's default 30 s shutdown timeout.
     spec = chaos_spec(namespace, 40, 1000, DTJ_FAULT_SAVE_DELAY_S="40", DTJ_FAULT_ATTEMPT="1")
     spec["runPolicy"]["terminationGracePeriodSeconds"] = 90
-    dtjs.create(job, spec)
-    wait_until(
-        lambda: (dtjs.status(job).get("progress") or {}).get("step"), 300, "training steps", 1
-    )
-    rank1 = pod_of_rank(dtjs, job, 1, rank=1)
-    dtjs.core.delete_namespaced_pod(rank1.metadata.name, namespace)  # a drain, plainly
-    saved_at = wait_log(local_node, namespace, job, 1, COMMITTED_LINE, timeout_s=120)
-    assert saved_at in committed_steps(shared_volume, namespace)
-    assert wait_log(local_node, namespace, job, 2, RESUMED_LINE) == saved_at
-    history = checkpoint_history(dtjs, job, "Succeeded", timeout_s=300)
-    status = dtjs.status(job)
-    record_incidents(job, status)
-    assert status["phase"] == "Succeeded", status
-    assert (status["attempt"], status["restarts"], status["disruptions"]) == (2, 0, 1)
+    with CheckpointWatch(dtjs, job):
+        dtjs.create(job, spec)
+        wait_until(
+            lambda: (dtjs.status(job).get("progress") or {}).get("step"), 300, "training steps", 1
+        )
+        rank1 = pod_of_rank(dtjs, job, 1, rank=1)
+        dtjs.core.delete_namespaced_pod(rank1.metadata.name, namespace)  # a drain, plainly
+        saved_at = wait_log(local_node, namespace, job, 1, COMMITTED_LINE, timeout_s=120)
+        assert saved_at in committed_steps(shared_volume, namespace)
+        assert wait_log(local_node, namespace, job, 2, RESUMED_LINE) == saved_at
+        status = assert_recovered(
+            dtjs, job, phase="Succeeded", attempt=2, restarts=0, disruptions=1, timeout_s=300
+        )
     assert status["lastFailure"]["class"] == "Disruption"
-    assert history == sorted(history) and history[-1] == 40
+    assert status["checkpoint"]["step"] == 40
     assert "holding the commit" in rank_log(local_node, namespace, job, 1)
 
 
@@ -109,20 +90,27 @@ def test_a_torn_checkpoint_is_never_loaded(
     local_node, operator, dtjs, namespace, data_claim, shared_volume
 ):
     job = "torn"
-    dtjs.create(job, chaos_spec(namespace, 12, 4))
-    wait_until(lambda: 4 in committed_steps(shared_volume, namespace), 300, "step 4", 1)
-    # A save that died half way: shards and state, no commit marker, newer than any commit.
-    torn = shared_volume / "checkpoints" / namespace / "step-00000099"
-    torn.mkdir()
-    (torn / "trainer_state.json").write_text('{"step": 99}')
-    (torn / "__0_0.distcp").write_bytes(b"\0" * 64)
-    rank1 = pod_of_rank(dtjs, job, 1, rank=1)
-    os.kill(wait_worker(rank1.metadata.name)["worker"][0], signal.SIGKILL)
-    resumed = wait_log(local_node, namespace, job, 2, RESUMED_LINE)
-    assert resumed in committed_steps(shared_volume, namespace) and resumed < 99
-    status = dtjs.wait_phase(job, "Succeeded", timeout_s=300)
-    record_incidents(job, status)
-    assert (status["attempt"], status["restarts"]) == (2, 1)
+    with CheckpointWatch(dtjs, job):
+        dtjs.create(job, chaos_spec(namespace, 12, 4))
+        wait_until(lambda: 4 in committed_steps(shared_volume, namespace), 300, "step 4", 1)
+        # A save that died half way: shards and state, no commit marker, newer than any commit.
+        torn = shared_volume / "checkpoints" / namespace / "step-00000099"
+        torn.mkdir()
+        (torn / "trainer_state.json").write_text('{"step": 99}')
+        (torn / "__0_0.distcp").write_bytes(b"\0" * 64)
+        rank1 = pod_of_rank(dtjs, job, 1, rank=1)
+        os.kill(wait_worker(rank1.metadata.name)["worker"][0], signal.SIGKILL)
+        resumed = wait_log(local_node, namespace, job, 2, RESUMED_LINE)
+        assert resumed in committed_steps(shared_volume, namespace) and resumed < 99
+        assert_recovered(
+            dtjs,
+            job,
+            phase="Succeeded",
+            attempt=2,
+            restarts=1,
+            reason="WorkerFailed",
+            timeout_s=300,
+        )
     assert committed_steps(shared_volume, namespace)[-1] == 12
 
 
@@ -134,9 +122,11 @@ def test_non_finite_gradients_roll_back_past_the_bad_batches_and_succeed(
     spec = chaos_spec(namespace, 16, 4, DTJ_FAULT_NAN_STEPS="9-11")
     spec["failurePolicy"]["nonFinite"] = {"maxConsecutiveSkips": 3}
     dtjs.create(job, spec)
-    status = dtjs.wait_phase(job, "Succeeded", timeout_s=420)
-    record_incidents(job, status)
-    assert (status["attempt"], status["restarts"], status["rollbacks"]) == (2, 0, 1)
+    # No checkpoint watch here: a rollback goes back to an older checkpoint on purpose.
+    status = assert_recovered(
+        dtjs, job, phase="Succeeded", attempt=2, restarts=0, reason="NonFinite", timeout_s=420
+    )
+    assert status["rollbacks"] == 1
     assert status["lastFailure"]["class"] == "NonFinite"
     assert status["rollback"]["skipDataToStep"] >= 11  # where the streak was noticed
     # Attempt 2 went back one checkpoint before the newest (8), to 4, and read past step 11.

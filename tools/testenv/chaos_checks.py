@@ -67,10 +67,11 @@ def assert_recovered(
     restarts: int,
     disruptions: int = 0,
     reason: str | None = None,
+    timeout_s: float = 120,
 ) -> dict:
     """The invariants of every chaos case: final phase, counters, reason in status and Events,
     and nothing of an older attempt left behind."""
-    status = dtjs.wait_phase(name, phase, timeout_s=120)
+    status = dtjs.wait_phase(name, phase, timeout_s=timeout_s)
     assert status["attempt"] == attempt, status
     assert (status.get("restarts", 0), status.get("disruptions", 0)) == (restarts, disruptions)
     if reason is not None:
