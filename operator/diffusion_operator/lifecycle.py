@@ -145,6 +145,7 @@ class _Planner(FailureResponse):
                 self.plan.trainer_env["DTJ_DATA_SKIP_TO_STEP"] = str(rollback.skip_data_to_step)
         self.status.attempt_start_time = format_time(self.now)
         self.status.attempt_running_time = None
+        self.forget_activity()
         self.status.restart_after = None
         self.status.workers = Workers(desired=self.spec.resources.nodes, ready=0)
         if suspended:
@@ -219,6 +220,12 @@ class _Planner(FailureResponse):
         else:
             self.track_workers(pods)
 
+    def forget_activity(self) -> None:
+        """New workers are starting: what the old ones were doing must not count towards a
+        hang until the new rank 0 reports (its start-up is never a hang)."""
+        if self.status.progress is not None:
+            self.status.progress = self.status.progress.model_copy(update={"activity": None})
+
     def gang_running(self, pods: list[WorkerPod]) -> bool:
         running = [p for p in pods if p.phase in ("Running", "Succeeded") and not p.deleting]
         return len(running) >= self.nodes
@@ -242,6 +249,7 @@ class _Planner(FailureResponse):
         self.status.start_time = format_time(self.now)
         self.status.attempt_start_time = format_time(self.now)
         self.status.attempt_running_time = None  # suspension deleted the pods
+        self.forget_activity()
 
     def track_suspended(self, job: AttemptJob) -> None:
         if self.spec.run_policy.suspend or self.spec.run_policy.queue_name:

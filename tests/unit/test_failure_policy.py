@@ -10,7 +10,7 @@ from test_lifecycle import NOW, condition, job, pod, running_status, state, stat
 
 from diffusion_operator.attempt_end import stuck_pods
 from diffusion_operator.failures import Failure, choose_action, classify_pod, parse_summary
-from diffusion_operator.lifecycle import plan_reconcile
+from diffusion_operator.lifecycle import JobState, plan_reconcile
 from diffusion_operator.observed import NodeHealth, Observed
 from diffusion_operator.spec import FailurePolicy
 from diffusion_operator.timefmt import format_time
@@ -368,3 +368,35 @@ def test_a_worker_the_job_controller_removed_does_not_hide_the_real_cause():
     plan = plan_reconcile(state(status), Observed([job(failure_target=True)], [crashed]), NOW)
     assert status_of(plan)["lastFailure"]["reason"] == "WorkerFailed"
     assert status_of(plan)["restarts"] == 1
+
+
+def test_a_new_attempt_starting_up_is_never_a_hang():
+    observed = Observed([job()], [pod(0), pod(1)])
+    spec_fields = {"failurePolicy": {"hangTimeoutSeconds": 100, "maxRestarts": 1}}
+    hung = plan_reconcile(state(hang_status(200), **spec_fields), observed, NOW)
+    assert hung.status.attempt == 2
+    gone = Observed([job(deleting=True)], [])
+    created = plan_reconcile(
+        JobState(
+            "sd",
+            "ns",
+            1,
+            hung.spec or state().spec,
+            hung.status.model_copy(update={"restart_after": None}),
+        ),
+        gone,
+        NOW,
+    )
+    assert created.create_attempt == 2
+    assert created.status.progress is not None and created.status.progress.activity is None
+    later = NOW + timedelta(seconds=300)  # the new gang runs, its rank 0 not reporting yet
+    new_pods = Observed([job(attempt=2)], [pod(0, attempt=2), pod(1, attempt=2)])
+    ran = plan_reconcile(
+        JobState("sd", "ns", 1, state(**spec_fields).spec, created.status), new_pods, later
+    )
+    again = plan_reconcile(
+        JobState("sd", "ns", 1, state(**spec_fields).spec, ran.status),
+        new_pods,
+        later + timedelta(seconds=200),
+    )
+    assert again.status.phase == "Running"
