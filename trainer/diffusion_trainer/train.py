@@ -2,10 +2,11 @@
 periodic and final checkpoints, SIGTERM, export, and the final summary.
 
 Fault tolerance (settings in resilience.py): optimizer steps with a non-finite gradient norm are
-skipped on the device and counted; the counts are read where the loop synchronises anyway (log
-steps, before each save), and a streak of DTJ_MAX_NONFINITE_SKIPS ends the run (exit 3) before
-anything is committed after it. A rollback resumes from an older checkpoint and can skip the
-data that led to the fault. A watchdog ends a rank that stops making steps (exit 4)."""
+skipped on the device and counted (loop_health.py); the counts are read where the loop
+synchronises anyway (log steps, before each save), and a streak of DTJ_MAX_NONFINITE_SKIPS ends
+the run (exit 3) before anything is committed after it. A rollback resumes from an older
+checkpoint and can skip the data that led to the fault (resume.py). A watchdog ends a rank that
+stops making steps (exit 4)."""
 
 from __future__ import annotations
 
@@ -15,26 +16,16 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from streaming.base.util import clean_stale_shared_memory
 
 from diffusion_trainer.assemble import Components, build_components
-from diffusion_trainer.checkpoint import (
-    CheckpointStorageError,
-    CheckpointStore,
-    TrainState,
-    load_checkpoint,
-    resolve_resume_path,
-    resolve_rollback_path,
-    save_checkpoint,
-)
+from diffusion_trainer.checkpoint import CheckpointStore, TrainState, save_checkpoint
 from diffusion_trainer.config import TrainerConfig, check_batch_divisible
 from diffusion_trainer.distributed import (
     Runtime,
     any_rank_true,
-    broadcast_from_main,
     init_runtime,
     shutdown_runtime,
     sum_across_ranks,
@@ -46,66 +37,33 @@ from diffusion_trainer.fault_injection import (
     read_fault_injection,
 )
 from diffusion_trainer.flops import compute_mfu, count_train_flops_per_image, peak_flops_per_device
+from diffusion_trainer.interval import IntervalStats, StepOutcome
+from diffusion_trainer.loop_health import LoopHealth
 from diffusion_trainer.metrics import TrainerTelemetry
 from diffusion_trainer.model import text_embedding_dim
 from diffusion_trainer.objective import build_noise_scheduler
-from diffusion_trainer.optim import SkipCounter, clip_gradients
+from diffusion_trainer.optim import clip_gradients
 from diffusion_trainer.parallelize import set_gradient_sync
 from diffusion_trainer.preemption import StopRequest
 from diffusion_trainer.report import (
     EXIT_ERROR,
-    EXIT_HANG,
     EXIT_NONFINITE_LOSS,
     EXIT_OK,
     EXIT_SIGTERM,
     FAILURE_ERROR,
-    FAILURE_HANG,
     FAILURE_NONFINITE,
     RunSummary,
     StepReport,
     StepSink,
     log_step,
-    write_summary,
 )
 from diffusion_trainer.resilience import ResilienceSettings, read_resilience_settings
+from diffusion_trainer.resume import Resumer
 from diffusion_trainer.span_timer import SpanTimer
 from diffusion_trainer.step import compute_micro_loss, prepare_inputs
-from diffusion_trainer.watchdog import (
-    CHECKPOINTING,
-    STARTING,
-    STOPPING,
-    TRAINING,
-    HangWatchdog,
-)
+from diffusion_trainer.watchdog import CHECKPOINTING, STOPPING
 
 log = logging.getLogger("diffusion_trainer")
-
-
-@dataclass
-class StepOutcome:
-    loss: torch.Tensor  # mean over the global batch, this rank's share
-    data_wait_s: float
-    grad_norm: torch.Tensor
-    skipped: torch.Tensor  # 1.0 if the optimizer step was skipped (non-finite gradient norm)
-
-
-@dataclass
-class IntervalStats:
-    """Accumulates between two log lines; the sums stay on the device until logged."""
-
-    num_steps: int = 0
-    # (loss over the steps that were not skipped, steps not skipped, steps skipped)
-    sums: torch.Tensor | None = None
-    data_wait_s: float = 0.0
-    started_at: float = field(default_factory=time.perf_counter)
-
-    def add(self, outcome: StepOutcome) -> None:
-        self.num_steps += 1
-        kept = 1.0 - outcome.skipped
-        loss = torch.where(kept > 0, outcome.loss, torch.zeros_like(outcome.loss))
-        sums = torch.stack([loss, kept, outcome.skipped])
-        self.sums = sums if self.sums is None else self.sums + sums
-        self.data_wait_s += outcome.data_wait_s
 
 
 class TrainingLoop:
@@ -141,94 +99,19 @@ class TrainingLoop:
         self.step_lr = 0.0
         self.peak_flops = peak_flops_per_device(runtime.device)
         self.optimizer_timer = SpanTimer(runtime.device)
-        self.skips = SkipCounter(runtime.device)
-        self.activity = STARTING
-        self.watchdog = self.build_watchdog()
+        self.resumer = Resumer(config, self.settings, runtime, self.store, components, telemetry)
+        self.health = LoopHealth(self.settings, runtime, self.summarize, telemetry)
 
     def resume(self) -> None:
-        path = self.agree_on_resume_path()
+        path = self.resumer.agree_on_resume_path()
         if path is None:
             log.info("no committed checkpoint under %s: starting at step 0", self.store.uri)
         else:
-            self.load(path)
-        self.skip_data()
-
-    def load(self, path: str) -> None:
-        started = time.perf_counter()
-        state = load_checkpoint(self.store, path, self.c.unet, self.c.optimizer, self.c.ema)
-        if self.telemetry is not None:
-            self.telemetry.on_checkpoint_loaded(state.step, path, time.perf_counter() - started)
-        self.c.lr_scheduler.load_state_dict(state.lr_scheduler)
-        if state.data is not None:
-            self.c.loader.load_state_dict(state.data)
-        self.step = state.step
-        self.data_step_offset = state.data_step_offset
-        self.last_checkpoint, self.last_checkpoint_step = path, state.step
-        log.info(
-            "resumed from %s at step %d (saved at world size %d, now %d)",
-            path,
-            state.step,
-            state.world_size,
-            self.runtime.world_size,
-        )
-
-    def agree_on_resume_path(self) -> str | None:
-        """Rank 0 picks the checkpoint and every rank loads that one: listings of a shared
-        store may differ for a moment between nodes, and a rank that loaded another step (or
-        none) would hang the job in the first collective."""
-        choice: tuple[str | None, str | None] = (None, None)
-        if self.runtime.is_main:
-            try:
-                choice = (self.choose_resume_path(), None)
-            except Exception as storage_error:  # every rank must hear of it, or they hang
-                choice = (None, f"{type(storage_error).__name__}: {storage_error}")
-        path, problem = broadcast_from_main(choice, self.runtime)
-        if problem is not None:
-            raise CheckpointStorageError(problem)
-        return path
-
-    def choose_resume_path(self) -> str | None:
-        requested = os.environ.get("RESUME_FROM") or self.config.checkpoint.resume_from
-        num_back = self.settings.rollback_checkpoints
-        if num_back is None:
-            return resolve_resume_path(self.store, requested)
-        if requested:
-            log.warning("DTJ_ROLLBACK_CHECKPOINTS=%d: ignoring %s", num_back, requested)
-        newest = self.store.latest_committed()
-        path = resolve_rollback_path(self.store, num_back, self.config.run.attempt)
-        log.warning(
-            "DTJ_ROLLBACK_CHECKPOINTS=%d: rolling back from %s to %s (newer ones uncommitted)",
-            num_back,
-            newest or "none",
-            path or "a fresh start",
-        )
-        return path
-
-    def skip_data(self) -> None:
-        """DTJ_DATA_SKIP_TO_STEP=S: the next batch is the one step S+1 of the job's first pass
-        read; the step counter and the LR schedule stay where the checkpoint left them."""
-        target = self.settings.data_skip_to_step
-        data_step = self.step + self.data_step_offset
-        if target is None:
-            return
-        if target <= data_step:
-            log.info("DTJ_DATA_SKIP_TO_STEP=%d: data is at step %d already", target, data_step)
-            return
-        num_samples = (target - data_step) * self.config.training.global_batch_size
-        position = self.c.loader.skip_samples(num_samples, self.runtime.world_size)
-        self.data_step_offset += target - data_step
-        log.warning(
-            "DTJ_DATA_SKIP_TO_STEP=%d: skipped %d samples (the batches of steps %d-%d): step %d "
-            "reads those of step %d (epoch %d, sample %d of it)",
-            target,
-            num_samples,
-            data_step + 1,
-            target,
-            self.step + 1,
-            target + 1,
-            position["epoch"],
-            position["sample_in_epoch"],
-        )
+            state = self.resumer.load(path)
+            self.step = state.step
+            self.data_step_offset = state.data_step_offset
+            self.last_checkpoint, self.last_checkpoint_step = path, state.step
+        self.data_step_offset = self.resumer.skip_data(self.step, self.data_step_offset)
 
     def train_step(self) -> StepOutcome:
         """One optimizer step over the global batch."""
@@ -271,7 +154,7 @@ class TrainingLoop:
         grad_norm = clip_gradients(self.c.unet, self.config.training.grad_clip_norm)
         # Same on every rank (the norm is global); counted on the device, no sync per step.
         skipped = (~torch.isfinite(grad_norm)).float()
-        self.skips.record(skipped)
+        self.health.record_skipped(skipped)
         self.step_lr = float(self.c.optimizer.param_groups[0]["lr"])
         # The fused kernel leaves weights, moments and step counts alone when skipped.
         self.c.optimizer.step(found_inf=skipped)
@@ -326,12 +209,12 @@ class TrainingLoop:
         """Commit a checkpoint of the current step; returns the seconds it took."""
         if self.last_checkpoint == self.store.path_for(self.step):
             return 0.0
-        resumed_activity = self.activity
-        self.set_activity(CHECKPOINTING)
+        resumed_activity = self.health.activity
+        self.health.set_activity(CHECKPOINTING)
         try:
             return self.write_checkpoint()
         finally:
-            self.set_activity(resumed_activity)
+            self.health.set_activity(resumed_activity)
 
     def write_checkpoint(self) -> float:
         state = TrainState(
@@ -366,14 +249,11 @@ class TrainingLoop:
         return duration_s
 
     def run(self) -> RunSummary:
-        if self.watchdog is not None:
-            self.watchdog.start()
+        self.health.start()
         try:
             return self.train_to_end()
         finally:
-            self.set_activity(STOPPING)
-            if self.watchdog is not None:
-                self.watchdog.stop()
+            self.health.stop()
 
     def train_to_end(self) -> RunSummary:
         training = self.config.training
@@ -383,7 +263,7 @@ class TrainingLoop:
                 hang_for_fault_tests(self.step + 1, self.runtime.rank)
             outcome = self.train_step()
             stats.add(outcome)
-            self.on_step_done()
+            self.health.on_step_done(self.step)
             if self.step % training.log_interval_steps == 0 or self.step == training.max_steps:
                 ended = self.log_interval(stats, outcome.grad_norm)
                 stats = IntervalStats()
@@ -398,7 +278,7 @@ class TrainingLoop:
                 stopping = stopping or any_rank_true(self.stop.requested, self.runtime)
             if stopping:
                 return self.summarize("preempted", EXIT_SIGTERM, "stopped by signal")
-        self.set_activity(STOPPING)
+        self.health.set_activity(STOPPING)
         if (ended := self.check_skips()) is not None:
             return ended
         self.save()
@@ -426,52 +306,10 @@ class TrainingLoop:
         return None
 
     def check_skips(self) -> RunSummary | None:
-        """At a point where the loop syncs anyway: once a streak of skipped steps reached the
-        limit, end the run before anything is committed after it. Isolated skips may be saved:
-        a NaN never reached the weights. Every rank reads the same counts."""
-        total, worst = self.skips.read()
-        limit = self.settings.nonfinite_streak_limit
-        if worst < limit:
+        message = self.health.check_skips(self.step, self.last_checkpoint)
+        if message is None:
             return None
-        message = (
-            f"non-finite gradient norm at or before step {self.step}: {worst} consecutive steps "
-            f"skipped (DTJ_MAX_NONFINITE_SKIPS={self.settings.max_nonfinite_skips}), {total} in "
-            f"all; no checkpoint saved after them, the latest committed one is "
-            f"{self.last_checkpoint or 'none'}"
-        )
-        log.error(message)
         return self.summarize("failed", EXIT_NONFINITE_LOSS, message, FAILURE_NONFINITE)
-
-    def set_activity(self, activity: str) -> None:
-        if activity == self.activity:
-            return
-        self.activity = activity
-        if self.watchdog is not None:
-            self.watchdog.set_activity(activity)
-        if self.telemetry is not None:
-            self.telemetry.set_activity(activity)
-
-    def on_step_done(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.on_step(self.step)
-        if self.activity == STARTING:  # compiling and the first step are behind us
-            self.set_activity(TRAINING)
-
-    def build_watchdog(self) -> HangWatchdog | None:
-        timeout_s = self.settings.hang_timeout_s
-        if timeout_s is None:
-            return None
-        on_hang = self.write_hang_summary if self.runtime.local_rank == 0 else None
-        return HangWatchdog(timeout_s, self.runtime.rank, on_hang)
-
-    def write_hang_summary(self, step: int, idle_s: float) -> None:
-        """Called on the watchdog thread of local rank 0 just before it ends the process."""
-        message = (
-            f"hang: no optimizer step for {idle_s:.0f} s at step {step} "
-            f"(DTJ_HANG_TIMEOUT_S={self.settings.hang_timeout_s:g}); every rank's stacks are "
-            "in its log"
-        )
-        write_summary(self.summarize("failed", EXIT_HANG, message, FAILURE_HANG))
 
     def export(self) -> str:
         destination = export_path(self.config.checkpoint.uri, self.step)
