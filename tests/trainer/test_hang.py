@@ -123,3 +123,21 @@ def test_the_other_rank_exits_4_when_a_peer_is_frozen(
     assert summary["failureClass"] == "Hang"
     assert summary["exitCode"] == EXIT_HANG
     assert summary["step"] >= 2
+
+
+def test_a_run_with_the_watchdog_and_loader_workers_exits_when_done(
+    tmp_path: Path, make_config: Callable[..., dict[str, Any]]
+) -> None:
+    """The watchdog must let go of the loop: persistent loader workers kept alive by it made
+    the finished process hang at exit."""
+    config = make_config(
+        tmp_path / "ckpt",
+        training={"maxSteps": 3},
+        checkpoint={"intervalSteps": 3, "exportDiffusers": False},
+    )
+    config["data"]["train"]["numWorkers"] = 1
+    run = launch_trainer(
+        tmp_path, config, nproc=2, env={"DTJ_HANG_TIMEOUT_S": "600"}, timeout_s=240
+    )
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.summary is not None and run.summary["status"] == "completed"

@@ -54,7 +54,13 @@ class HangWatchdog:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching and let go of the loop: a handler still referenced from the watchdog
+        thread would keep the loop, and with it the data loader's worker processes, alive,
+        and the process would hang at exit waiting for them."""
         self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.on_hang = None
         self._disarm_sigterm_stacks()
 
     def set_activity(self, activity: str) -> None:
