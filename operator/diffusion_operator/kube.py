@@ -14,7 +14,7 @@ from diffusion_operator import constants as c
 from diffusion_operator.builders import Owner
 from diffusion_operator.failures import parse_summary
 from diffusion_operator.metrics import API_ERRORS
-from diffusion_operator.node_health import known_health
+from diffusion_operator.node_health import health_of, known_health
 from diffusion_operator.observed import AttemptJob, NodeHealth, Observed, WorkerPod
 
 NOT_FOUND = 404
@@ -103,7 +103,8 @@ class Kube:
         health: dict[str, NodeHealth] = {}
         for name in sorted(names):
             try:
-                health[name] = to_node_health(self.core.read_node(name))
+                node = self.core.read_node(name)
+                health[name] = health_of(self.core.api_client.sanitize_for_serialization(node))
             except ApiException as error:
                 if error.status == NOT_FOUND:
                     health[name] = NodeHealth(exists=False, ready=False)
@@ -243,18 +244,6 @@ def to_attempt_job(job: client.V1Job) -> AttemptJob:
 
 def looks_unwell(pod: WorkerPod) -> bool:
     return pod.not_ready_since is not None or pod.deleting
-
-
-def to_node_health(node: client.V1Node) -> NodeHealth:
-    conditions = (node.status.conditions if node.status else None) or []
-    ready = next((cond for cond in conditions if cond.type == "Ready"), None)
-    if ready is None or ready.status == "True":
-        return NodeHealth()
-    return NodeHealth(
-        ready=False,
-        not_ready_since=ready.last_transition_time,
-        reason=ready.reason or ("NodeUnreachable" if ready.status == "Unknown" else None),
-    )
 
 
 def to_worker_pod(pod: client.V1Pod) -> WorkerPod:

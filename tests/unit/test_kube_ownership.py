@@ -29,3 +29,26 @@ def test_pods_of_a_previous_incarnation_are_not_ours():
     assert is_labelled_for(pod_labelled("new"), "new")
     assert not is_labelled_for(pod_labelled("old"), "new")
     assert is_labelled_for(pod_labelled(None), "new")  # made before the label existed
+
+
+def test_a_read_node_and_a_watched_node_give_the_same_health():
+    from datetime import UTC, datetime
+
+    from kubernetes import client
+
+    from diffusion_operator.node_health import health_of
+
+    since = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    node = client.V1Node(
+        status=client.V1NodeStatus(
+            conditions=[
+                client.V1NodeCondition(type="Ready", status="Unknown", last_transition_time=since)
+            ]
+        )
+    )
+    health = health_of(client.ApiClient().sanitize_for_serialization(node))
+    assert (health.ready, health.not_ready_since, health.reason) == (
+        False,
+        since,
+        "NodeUnreachable",
+    )
