@@ -7,8 +7,8 @@ value):
   is NaN/inf are skipped on the device; this many consecutive skips end the run with exit
   code 3. 0 (like 1) ends the run at the first non-finite gradient.
 - `DTJ_ROLLBACK_CHECKPOINTS` (int >= 1): resume from the Nth committed checkpoint before the
-  newest in the job's own store, uncommitting the newer ones (RESUME_FROM is ignored). Every
-  process start that sees it rolls back again: set it only on the attempt that should.
+  newest in the job's own store, uncommitting the newer ones (RESUME_FROM is ignored). Once
+  per attempt (DTJ_ATTEMPT): a restarted process of the same attempt resumes from the newest.
 - `DTJ_DATA_SKIP_TO_STEP` (int >= 0): after loading, skip the data up to the batches that step
   S+1 would have read (the step counter and the LR schedule continue from the checkpoint).
 - `DTJ_HANG_TIMEOUT_S` (float > 0): while training, a rank that completes no optimizer step
