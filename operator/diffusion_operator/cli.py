@@ -18,12 +18,8 @@ def run_operator(args: argparse.Namespace) -> int:
     settings = load_settings()
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=args.verbose, log_format=log_format)
-    kopf.run(
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        standalone=True,
-        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
-    )
+    # kopf runs the process; the controller watches, elects a leader and serves the probes.
+    kopf.run(clusterwide=not settings.namespaces, namespaces=settings.namespaces, standalone=True)
     del handlers  # imported for its registrations
     return 0
 

@@ -7,6 +7,8 @@ from typing import Literal
 from diffusion_operator.status_types import Condition
 
 CONDITION_TYPES = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
+# Not a phase: True while the API server refuses a create (quota, policy, rate limit).
+CREATE_REFUSED = "CreateRefused"
 
 
 def set_condition(

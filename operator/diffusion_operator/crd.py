@@ -16,6 +16,7 @@ from diffusion_operator.spec import DiffusionTrainingJobSpec
 from diffusion_operator.status_types import DiffusionTrainingJobStatus
 
 MAX_NAME_LENGTH = 48
+DNS_1035_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DROPPED_KEYS = {"title", "$defs", "additionalProperties", "prefixItems", "anyOf", "allOf", "$ref"}
 
 PRINTER_COLUMNS = [
@@ -106,7 +107,13 @@ def build_crd() -> dict[str, Any]:
                 "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
                 "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
                 "(worker Job and pod names are derived from it)",
-            }
+            },
+            {
+                "rule": f"self.metadata.name.matches('{DNS_1035_LABEL}')",
+                "message": "metadata.name must be a DNS-1035 label: lower-case letters, digits "
+                "and '-', starting with a letter and ending with a letter or digit (no dots); "
+                "it names the job's headless Service",
+            },
         ],
     }
     return {

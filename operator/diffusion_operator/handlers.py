@@ -1,174 +1,69 @@
 """kopf handlers: the only kopf-decorated code.
 
-kopf is the event source only: every event on a job or on one of its children, and a periodic
-resync, runs the same level-based reconcile pass, which reads the job afresh. No kopf timers and
-no finalizers: deleting a job never waits for the operator; owner references clean up.
+kopf runs the process (startup, cleanup, logging, signals); the controller (controller.py)
+does the watching and reconciling, because it needs what kopf's watches lack: server-side
+label selectors, caches that passes read instead of the API, a delaying work queue, and
+leader election on a Lease. No finalizers: deleting a job never waits for the operator;
+owner references clean up.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Mapping
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 
-from diffusion_operator import constants as c
 from diffusion_operator import metrics
-from diffusion_operator.kube import Kube
-from diffusion_operator.node_health import record_node
-from diffusion_operator.reconcile import forget_job, forget_vanished_jobs, reconcile
-from diffusion_operator.settings import OperatorSettings, load_settings
+from diffusion_operator.api_client import new_api_client
+from diffusion_operator.controller import Controller
+from diffusion_operator.health import Health, serve_health
+from diffusion_operator.settings import load_settings
 
 log = logging.getLogger("diffusion_operator")
-_kube: Kube | None = None
-_settings = OperatorSettings()  # replaced by the environment's at startup
-_resync: tuple[threading.Thread, threading.Event] | None = None
-
-
-def kube() -> Kube:
-    global _kube  # noqa: PLW0603 - one API client per operator process
-    if _kube is None:
-        try:
-            config.load_incluster_config()
-            api_client = client.ApiClient()
-        except config.ConfigException:
-            api_client = config.new_client_from_config()
-        _kube = Kube(api_client)
-    return _kube
+_running: dict[str, Any] = {}  # the controller and health server of this process
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _settings  # noqa: PLW0603 - settings are read when the operator starts
-    _settings = load_settings()
+def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    operator_settings = load_settings()
     settings.posting.enabled = False  # our own Events only, one per transition
     # The CRD is installed before the operator; a namespaced Role cannot list CRDs/namespaces.
     settings.scanning.disabled = True
-    settings.watching.server_timeout = _settings.watch_server_timeout_s
-    settings.watching.client_timeout = _settings.watch_client_timeout_s
-    settings.watching.connect_timeout = 30
-    settings.execution.max_workers = 16
-    kube()
-    metrics.serve(_settings.metrics_port)
-    start_resync()
+    health = Health(stall_s=operator_settings.stall_timeout_s)
+    port = operator_settings.liveness_port
+    server = serve_health(health, port, extra=lambda: leader_info(_running)) if port else None
+    try:
+        controller = Controller(operator_settings, new_api_client(health))
+        metrics.serve(operator_settings.metrics_port)
+        controller.start()
+    except Exception:
+        close_server(server)  # kopf retries the whole start
+        raise
+    _running.update(controller=controller, health_server=server)
 
 
-def start_resync() -> None:
-    global _resync  # noqa: PLW0603 - one resync loop per running operator
-    stop_resync()
-    stop = threading.Event()
-    thread = threading.Thread(target=resync_forever, args=(stop,), name="dtj-resync", daemon=True)
-    thread.start()
-    _resync = (thread, stop)
-
-
-def stop_resync() -> None:
-    global _resync  # noqa: PLW0603
-    if _resync is not None:
-        thread, stop = _resync
-        stop.set()
-        thread.join(timeout=30)
-        _resync = None
+def leader_info(running: dict[str, Any]) -> dict[str, object]:
+    controller: Controller | None = running.get("controller")
+    if controller is None:
+        return {"leader": False, "holder": None}
+    elector = controller.elector
+    return {
+        "leader": controller.is_leader(),
+        "holder": elector.holder if elector is not None else None,
+    }
 
 
 @kopf.on.cleanup()
 def stop(**_: Any) -> None:
-    stop_resync()
+    controller = _running.pop("controller", None)
+    if controller is not None:
+        controller.stop()
+    close_server(_running.pop("health_server", None))
 
 
-@kopf.on.probe(id="api")
-def probe_api(**_: Any) -> str:
-    return str(kube().core.api_client.configuration.host)
-
-
-def reconcile_safely(namespace: str, name: str, logger: logging.Logger | Any) -> None:
-    """One pass; whatever goes wrong is logged and retried by the next pass, never raised:
-    the resync loop is the operator's only clock and must outlive API outages and bugs."""
-    try:
-        reconcile(kube(), namespace, name, _settings, logger)
-    except client.exceptions.ApiException as error:
-        logger.warning(
-            "reconcile of %s/%s failed, retried on the next pass: %s %s",
-            namespace,
-            name,
-            error.status,
-            error.reason,
-        )
-    except Exception:  # e.g. urllib3 connection errors while the API server restarts
-        logger.exception("reconcile of %s/%s failed, retried on the next pass", namespace, name)
-
-
-def is_own_status_write(event_type: str | None, body: Mapping[str, Any]) -> bool:
-    """A modification that leaves the spec as last reconciled: our own status patch, most
-    often. Reacting to it would feed back (each pass patches progress, each patch is an event);
-    child events and the resync cover everything else."""
-    generation = (body.get("metadata") or {}).get("generation")
-    observed = (body.get("status") or {}).get("observedGeneration")
-    return event_type == "MODIFIED" and generation is not None and generation == observed
-
-
-@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="training-job")
-def on_training_job(
-    type: str,
-    namespace: str | None,
-    name: str | None,
-    body: Mapping[str, Any],
-    logger: Any,
-    **_: Any,
-) -> None:
-    if not (namespace and name):
-        return
-    if type == "DELETED":
-        forget_job(f"{namespace}/{name}")
-        return
-    if not is_own_status_write(type, body):
-        reconcile_safely(namespace, name, logger)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY}, id="attempt-job")
-@kopf.on.event("v1", "pods", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY}, id="worker-pod")
-def on_child(namespace: str | None, labels: Mapping[str, str], logger: Any, **_: Any) -> None:
-    job_name = labels.get(c.LABEL_JOB_NAME)
-    if job_name and namespace:
-        reconcile_safely(namespace, job_name, logger)
-
-
-def on_node(type: str | None, name: str | None, body: Mapping[str, Any], **_: Any) -> None:
-    """Node health for every pass; passes read it, the resync acts on it."""
-    if name:
-        record_node(name, None if type == "DELETED" else body)
-
-
-if load_settings().watch_nodes:  # off where the operator may not list/watch nodes
-    kopf.on.event("v1", "nodes", id="node-health")(on_node)
-
-
-def job_key(body: Mapping[str, Any]) -> str:
-    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
-
-
-def resync_forever(stop: threading.Event) -> None:
-    """Level-based safety net: re-derive every job's state even if no event arrives."""
-    while not stop.wait(_settings.reconcile_interval_s):
-        try:
-            resync_once(stop)
-        except Exception:  # the loop is the operator's clock: it must never end early
-            log.exception("resync pass failed; the next one follows")
-
-
-def resync_once(stop: threading.Event) -> None:
-    try:
-        bodies = kube().list_training_jobs(_settings.namespaces)
-    except Exception as error:  # API outage: nothing to do until it is back
-        log.warning("resync: cannot list jobs: %s", error)
-        return
-    metrics.record_job_phases([(b.get("status") or {}).get("phase") for b in bodies])
-    forget_vanished_jobs({job_key(body) for body in bodies})
-    for body in bodies:
-        if stop.is_set():
-            return
-        meta = body["metadata"]
-        reconcile_safely(meta["namespace"], meta["name"], log)
+def close_server(server: ThreadingHTTPServer | None) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()

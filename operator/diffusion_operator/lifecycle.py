@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from diffusion_operator import goodput, names
 from diffusion_operator.attempt_end import AttemptWatch
+from diffusion_operator.conditions import CREATE_REFUSED, set_condition
 from diffusion_operator.failure_response import FailureResponse
 from diffusion_operator.observed import AttemptJob, Observed, WorkerPod
 from diffusion_operator.planner_core import JobEvent, JobState, Plan, backoff_seconds
@@ -26,6 +27,7 @@ __all__ = [
     "JobState",
     "Plan",
     "backoff_seconds",
+    "plan_create_refused",
     "plan_name_in_use",
     "plan_reconcile",
     "plan_refused_attempt",
@@ -252,22 +254,35 @@ class _Planner(FailureResponse):
         self.forget_activity()
 
     def track_suspended(self, job: AttemptJob) -> None:
-        if self.spec.run_policy.suspend or self.spec.run_policy.queue_name:
+        queued = bool(self.spec.run_policy.queue_name) and not self.spec.run_policy.suspend
+        if queued and self.spec_changed(job):
+            # Kueue admits and resumes the Job as it is: it must carry the new spec.
+            self.replace_suspended(job, "requeued")
+            return
+        if self.spec.run_policy.suspend or queued:
             self.set_suspended()
             return
         self.mark_resumed()
-        if job.spec_hash is not None and job.spec_hash != spec_fingerprint(self.spec):
+        if self.spec_changed(job):
             # Unsuspending would run the old shape (nodes, image, ...) with the new config.
-            self.plan.delete_jobs.append(job.name)
-            self.status.attempt, self.status.restart_after = self.attempt + 1, None
-            self.set_phase(
-                "Pending",
-                "SpecChanged",
-                f"the spec changed while suspended: resuming as attempt {self.attempt}",
-            )
+            self.replace_suspended(job, "resuming")
             return
         self.plan.set_suspend[job.name] = False
         self.set_phase("Pending", "Resumed", "resumed; waiting for workers")
+
+    def spec_changed(self, job: AttemptJob) -> bool:
+        return job.spec_hash is not None and job.spec_hash != spec_fingerprint(self.spec)
+
+    def replace_suspended(self, job: AttemptJob, how: str) -> None:
+        """A suspended attempt built from an older spec: delete it; the next pass creates
+        the next attempt from the spec as it is now (suspended again if queued)."""
+        self.plan.delete_jobs.append(job.name)
+        self.status.attempt, self.status.restart_after = self.attempt + 1, None
+        self.set_phase(
+            "Pending",
+            "SpecChanged",
+            f"the spec changed while suspended: {how} as attempt {self.attempt}",
+        )
 
     def track_workers(self, pods: list[WorkerPod]) -> None:
         running = [p for p in pods if p.phase in ("Running", "Succeeded") and not p.deleting]
@@ -328,6 +343,26 @@ def plan_refused_attempt(job: JobState, message: str, now: datetime) -> Plan:
     CRD passes through): retrying cannot help, so the job fails with the server's words."""
     planner = _Planner(job, Observed(), now)
     planner.set_phase("Failed", "InvalidPodTemplate", f"the worker Job was refused: {message}")
+    return planner.plan
+
+
+def plan_create_refused(job: JobState, what: str, message: str, now: datetime) -> Plan:
+    """A create the API server refused (quota, policy, rate limit): the server's words in
+    the CreateRefused condition and an Event; the pass is retried later."""
+    planner = _Planner(job, Observed(), now)
+    text = f"creating {what} was refused: {message}"
+    planner.set_phase(job.status.phase or "Pending", "CreateRefused", text)
+    planner.status.conditions = set_condition(
+        planner.status.conditions,
+        CREATE_REFUSED,
+        status=True,
+        reason="CreateRefused",
+        message=text,
+        now=format_time(now),
+        generation=job.generation,
+    )
+    if job.status.condition_message(CREATE_REFUSED) != text:
+        planner.plan.events.append(JobEvent("Warning", "CreateRefused", text))
     return planner.plan
 
 

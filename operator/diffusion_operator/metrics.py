@@ -54,6 +54,12 @@ GPU_SECONDS = Counter(
     ["namespace", "job"],
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "dtj_operator_leader", "1 while this replica holds the lease and acts.", registry=REGISTRY
+)
+QUEUE_DEPTH = Gauge(
+    "dtj_operator_queue_depth", "Jobs due for a pass and not yet taken.", registry=REGISTRY
+)
 API_ERRORS = Counter(
     "dtj_operator_api_errors",
     "Kubernetes API calls that failed, by operation.",
@@ -119,6 +125,14 @@ def forget_job_metrics(job_key: str) -> None:
     with _pods_lock:
         _pods_by_job.pop(job_key, None)
         _publish_pods()
+
+
+def forget_vanished_jobs(live_keys: set[str]) -> set[str]:
+    """Drop the metric state of jobs that no longer exist; returns their keys."""
+    vanished = tracked_job_keys() - live_keys
+    for key in vanished:
+        forget_job_metrics(key)
+    return vanished
 
 
 def tracked_job_keys() -> set[str]:

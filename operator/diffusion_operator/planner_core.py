@@ -50,6 +50,7 @@ class Plan:
     failure: Failure | None = None  # what ended the attempt in this pass
     action: FailureAction | None = None  # and what was done about it
     incident_closed: Incident | None = None  # an incident that recovered in this pass
+    wrote_status: bool = False  # set once the status this plan carries was written
 
 
 def backoff_seconds(spec: DiffusionTrainingJobSpec, restarts: int) -> int:

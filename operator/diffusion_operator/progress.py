@@ -65,6 +65,13 @@ def fold_reading(current: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[
     return fresh
 
 
+def keep_last_good(current: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """A reading with fields dropped as malformed (or absent) keeps their last good values."""
+    if not current:
+        return fresh
+    return {key: current.get(key) if value is None else value for key, value in fresh.items()}
+
+
 def mark_stale(progress: dict[str, Any] | None) -> dict[str, Any] | None:
     """Keep the last known values, flagged; never an error."""
     if not progress or progress.get("stale"):

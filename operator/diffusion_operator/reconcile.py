@@ -1,10 +1,10 @@
-"""One reconcile pass: read the job, observe its children, plan, act, report."""
+"""One reconcile pass: take the job from the watch cache, make missing children, plan, act,
+report. Reads cost no API request; writes happen only for what changed."""
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from logging import Logger, getLogger
 from typing import Any
@@ -12,26 +12,36 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from diffusion_operator import metrics, names
+from diffusion_operator import metrics
+from diffusion_operator.api_errors import (
+    CONFLICT,
+    AttemptRefusedError,
+    CreateRefusedError,
+    refusals_as,
+)
 from diffusion_operator.builders import Owner, build_config_map, build_service
-from diffusion_operator.kube import NOT_FOUND, Kube, NameInUseError
+from diffusion_operator.cache import ClusterCache
+from diffusion_operator.child_records import hash_data
+from diffusion_operator.conditions import CREATE_REFUSED, set_condition
+from diffusion_operator.kube import Kube, NameInUseError
 from diffusion_operator.lifecycle import (
     JobEvent,
     JobState,
     Plan,
+    plan_create_refused,
     plan_name_in_use,
     plan_reconcile,
     plan_refused_attempt,
 )
-from diffusion_operator.observed import Observed, WorkerPod
-from diffusion_operator.pass_gate import exclusive_pass, forget_lock
+from diffusion_operator.observed import Observed
 from diffusion_operator.progress import (
     fold_reading,
+    keep_last_good,
     mark_stale,
     newer_checkpoint,
     progress_from_reading,
 )
-from diffusion_operator.progress_client import fetch_progress
+from diffusion_operator.progress_poller import ProgressPoller
 from diffusion_operator.render import render_trainer_config
 from diffusion_operator.settings import OperatorSettings
 from diffusion_operator.spec import DiffusionTrainingJobSpec
@@ -42,24 +52,19 @@ from diffusion_operator.worker_job import AttemptInputs, build_worker_job
 from diffusion_trainer.config import ConfigError, TrainerConfig
 
 package_log = getLogger("diffusion_operator")
-INVALID = (400, 422)  # the API server refuses the object itself: retrying cannot help
+CONFLICT_RETRY_S = 0.2  # the watch brings the newer job within moments
+# A pass that changed something is followed by one that sees the result: level-based
+# convergence does not depend on an event for every step (our own status writes wake nobody).
+CONFIRM_AFTER_S = 1.0
 
 
-class AttemptRefusedError(Exception):
-    """The API server refused an attempt's Job as invalid; the message is the server's."""
-
-
-def forget_job(key: str) -> None:
-    """A deleted job: drop its lock and its per-job metric state."""
-    forget_lock(key)
-    metrics.forget_job_metrics(key)
-
-
-def forget_vanished_jobs(live_keys: set[str]) -> None:
-    """Drop metric state of jobs deleted while no DELETED event reached us (watch gaps). Locks
-    stay: one might be in use, and a lock is a few bytes."""
-    for key in metrics.tracked_job_keys() - live_keys:
-        metrics.forget_job_metrics(key)
+@dataclass(frozen=True)
+class PassContext:
+    kube: Kube
+    cache: ClusterCache
+    settings: OperatorSettings
+    poller: ProgressPoller | None
+    log: Logger
 
 
 @dataclass(frozen=True)
@@ -88,126 +93,191 @@ def parse_spec(
     return ParsedJob(spec, config, None)
 
 
-def reconcile(
-    kube: Kube, namespace: str, name: str, settings: OperatorSettings, log: Logger
-) -> Plan | None:
-    """One pass for one job. The job is read inside the lock: a pass never acts on a status
-    that an earlier pass has already changed. Status is written before the pass acts, so a
-    crash in between leaves a status from which the next pass re-derives the missing actions
-    (a restart that was counted but whose old Job was not yet deleted, say), never the reverse."""
-    with exclusive_pass(f"{namespace}/{name}") as runs:
-        if not runs:
-            return None  # a pass queued for this job has not read anything yet: it covers us
-        with metrics.RECONCILE_DURATION.time():
-            return run_pass(kube, namespace, name, settings, log)
+def reconcile(ctx: PassContext, key: str) -> float | None:
+    """One pass for one job; returns when to come back (seconds), if the plan asked.
+    Status is written before the pass acts, with the resourceVersion it was read at: a crash
+    in between leaves a status from which the next pass re-derives the missing actions, and
+    a status someone else changed meanwhile is never overwritten (409: run again)."""
+    body = ctx.cache.training_jobs.get(key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None  # deleted: owner references clean up the children
+    with metrics.RECONCILE_DURATION.time():
+        try:
+            plan = run_pass(ctx, body)
+        except ApiException as error:
+            if error.status == CONFLICT:
+                return CONFLICT_RETRY_S
+            raise
+    if plan is None:
+        return None
+    if plan_acted(plan):
+        return min(plan.requeue_after_s or CONFIRM_AFTER_S, CONFIRM_AFTER_S)
+    return plan.requeue_after_s
 
 
-def run_pass(
-    kube: Kube, namespace: str, name: str, settings: OperatorSettings, log: Logger
-) -> Plan | None:
+def plan_acted(plan: Plan) -> bool:
+    return bool(
+        plan.wrote_status
+        or plan.delete_jobs
+        or plan.force_delete_pods
+        or plan.set_suspend
+        or plan.create_attempt is not None
+    )
+
+
+def run_pass(ctx: PassContext, body: dict[str, Any]) -> Plan | None:
+    meta = body["metadata"]
+    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    writer = StatusWriter(ctx, owner, body)
     try:
-        body = kube.get_training_job(namespace, name)
-    except ApiException as error:
-        if error.status == NOT_FOUND:
-            return None  # deleted: owner references clean up the children
-        raise
-    owner = Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
-    old_status: dict[str, Any] = body.get("status") or {}
-    plan, observed = plan_for(body, owner, kube, settings)
+        plan, observed = plan_for(body, owner, ctx)
+    except CreateRefusedError as error:
+        return writer.refused(body, error)
     if observed is not None and plan.spec is not None:
-        read_progress(plan, observed, owner, settings)
+        read_progress(plan, owner, ctx.poller)
         record_metrics(plan, observed, owner)
-    write_status(kube, owner, old_status, plan)
-    post_events(plan, owner, kube, log)  # before acting: a failed action must not lose them
+    writer.write(plan)
+    post_events(plan, owner, ctx.kube, ctx.log)  # before acting: a failed action must not lose them
     try:
-        execute_plan(plan, owner, kube)
-    except (AttemptRefusedError, NameInUseError) as error:
-        assert plan.spec is not None  # only raised by an attempt's creation
-        job = JobState(name, namespace, body["metadata"].get("generation"), plan.spec, plan.status)
-        now = datetime.now(UTC)
-        if isinstance(error, NameInUseError):
-            after = plan_name_in_use(job, error.job_name, now)
-        else:
-            after = plan_refused_attempt(job, str(error), now)
-        write_status(kube, owner, dump_status(plan.status), after)
-        post_events(after, owner, kube, log)
+        execute_plan(plan, owner, ctx.kube)
+    except (AttemptRefusedError, NameInUseError, CreateRefusedError) as error:
+        after = plan_after_refusal(body, plan, error)
+        writer.write(after)
+        post_events(after, owner, ctx.kube, ctx.log)
         return after
+    if plan.status.condition_message(CREATE_REFUSED) is not None:
+        writer.write(clear_refusal(plan))
     return plan
 
 
-def write_status(kube: Kube, owner: Owner, old_status: dict[str, Any], plan: Plan) -> None:
-    """Only what this pass changed: never overwrite what others wrote meanwhile."""
-    patch = merge_patch(old_status, dump_status(plan.status))
-    if patch and not plan.delete_self:
-        kube.patch_status(owner.namespace, owner.name, patch)
+def clear_refusal(plan: Plan) -> Plan:
+    """Everything this pass made was accepted: the refusal is over."""
+    plan.status.conditions = set_condition(
+        plan.status.conditions,
+        CREATE_REFUSED,
+        status=False,
+        reason="Accepted",
+        message="",
+        now=format_time(now()),
+        generation=plan.status.observed_generation,
+    )
+    return plan
 
 
-def api_error_message(error: ApiException) -> str:
-    try:
-        message = json.loads(error.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or error.reason)[:1000]
+class StatusWriter:
+    """Writes of one pass's status, each a merge patch against what the previous one left,
+    guarded by the resourceVersion it was made from."""
+
+    def __init__(self, ctx: PassContext, owner: Owner, body: dict[str, Any]) -> None:
+        self.ctx, self.owner = ctx, owner
+        self.status: dict[str, Any] = body.get("status") or {}
+        self.version: str | None = body["metadata"].get("resourceVersion")
+
+    def write(self, plan: Plan) -> None:
+        new_status = dump_status(plan.status)
+        patch = merge_patch(self.status, new_status)
+        if not patch or plan.delete_self:
+            return
+        written = self.ctx.kube.patch_status(
+            self.owner.namespace, self.owner.name, patch, self.version
+        )
+        self.status, self.version = new_status, written["metadata"].get("resourceVersion")
+        self.ctx.cache.remember_written_job(written)
+        plan.wrote_status = True
+
+    def refused(self, body: dict[str, Any], error: CreateRefusedError) -> Plan:
+        status = parse_status(body.get("status"))
+        spec = DiffusionTrainingJobSpec.model_validate(body.get("spec") or {})
+        job = JobState(self.owner.name, self.owner.namespace, generation(body), spec, status)
+        plan = plan_create_refused(job, error.what, error.message, datetime.now(UTC))
+        plan.requeue_after_s = error.retry_after_s
+        self.write(plan)
+        post_events(plan, self.owner, self.ctx.kube, self.ctx.log)
+        return plan
 
 
-def plan_for(
-    body: dict[str, Any], owner: Owner, kube: Kube, settings: OperatorSettings
-) -> tuple[Plan, Observed | None]:
+def generation(body: dict[str, Any]) -> int | None:
+    return body["metadata"].get("generation")
+
+
+def plan_after_refusal(body: dict[str, Any], plan: Plan, error: Exception) -> Plan:
+    assert plan.spec is not None  # only raised by an attempt's creation
     meta = body["metadata"]
+    job = JobState(meta["name"], meta["namespace"], generation(body), plan.spec, plan.status)
+    now = datetime.now(UTC)
+    if isinstance(error, NameInUseError):
+        return plan_name_in_use(job, error.job_name, now)
+    if isinstance(error, CreateRefusedError):
+        after = plan_create_refused(job, error.what, error.message, now)
+        after.requeue_after_s = error.retry_after_s
+        return after
+    return plan_refused_attempt(job, str(error), now)
+
+
+def plan_for(body: dict[str, Any], owner: Owner, ctx: PassContext) -> tuple[Plan, Observed | None]:
     status = parse_status(body.get("status"))
-    parsed = parse_spec(body.get("spec") or {}, owner.name, owner.namespace, settings)
+    parsed = parse_spec(body.get("spec") or {}, owner.name, owner.namespace, ctx.settings)
     if parsed.spec is None:
         events = (
             []
             if status.phase == "Failed"
             else [JobEvent("Warning", "InvalidSpec", parsed.error or "")]
         )
-        status.phase, status.observed_generation = "Failed", meta.get("generation")
+        status.phase, status.observed_generation = "Failed", generation(body)
         return Plan(status=status, events=events), None
     terminal = status.phase in ("Succeeded", "Failed")
     if parsed.config is not None and not terminal:
-        kube.apply_config_map(build_config_map(owner, parsed.config))
-        kube.ensure_service(build_service(owner))
-    job = JobState(
-        owner.name, owner.namespace, meta.get("generation"), parsed.spec, status, parsed.error
-    )
-    observed = kube.observe(owner.namespace, owner.name, owner.uid)
+        ensure_children(ctx, owner, parsed.config)
+    job = JobState(owner.name, owner.namespace, generation(body), parsed.spec, status, parsed.error)
+    observed = ctx.cache.observe(owner.namespace, owner.name, owner.uid)
+    observed = replace(observed, nodes=ctx.kube.nodes_of(observed.pods))
     plan = plan_reconcile(job, observed, datetime.now(UTC))
     plan.spec = parsed.spec
     return plan, observed
 
 
-def read_progress(plan: Plan, observed: Observed, owner: Owner, settings: OperatorSettings) -> None:
-    """Fold rank 0's progress into status while the gang runs; unreachable means stale, and a
-    reading of the wrong shape is dropped with a warning (the last good values stay)."""
-    if plan.status.phase != "Running":
+def ensure_children(ctx: PassContext, owner: Owner, config: TrainerConfig) -> None:
+    """The ConfigMap and headless Service, made or updated only where the cache says they
+    are missing or differ: a pass over a settled job writes nothing."""
+    config_map = build_config_map(owner, config)
+    name = config_map["metadata"]["name"]
+    held = ctx.cache.config_maps.get(f"{owner.namespace}/{name}")
+    with refusals_as(f"ConfigMap {name}"):
+        if held is None:
+            ctx.kube.create_config_map(config_map)
+        elif held.data_hash != hash_data(config_map["data"]):
+            ctx.kube.update_config_map(config_map)
+    service = build_service(owner)
+    name = service["metadata"]["name"]
+    if ctx.cache.services.get(f"{owner.namespace}/{name}") is None:
+        with refusals_as(f"Service {name}"):
+            ctx.kube.create_service(service)
+
+
+def read_progress(plan: Plan, owner: Owner, poller: ProgressPoller | None) -> None:
+    """Fold rank 0's latest reading into status while the gang runs; no answer means stale.
+    The poller validated the reading: only well-formed fields reach here."""
+    if plan.status.phase != "Running" or poller is None:
         return
-    attempt = plan.status.attempt
-    rank0 = next((p for p in observed.pods_of(attempt) if p.index == 0 and not p.deleting), None)
-    reading = None
-    if rank0 is not None and rank0.phase == "Running":
-        reading = fetch_progress(progress_host(rank0, owner, attempt, settings))
+    reading = poller.reading_for(f"{owner.namespace}/{owner.name}", plan.status.attempt)
+    if reading is None:
+        return  # not read yet: keep what status says
     current = plan.status.progress.model_dump(by_alias=True) if plan.status.progress else None
-    folded = mark_stale(current)
-    if reading is not None:
-        fresh = progress_from_reading(reading, format_time(datetime.now(UTC)))
+    if reading.values is None:
+        folded = mark_stale(current)
+        values: dict[str, Any] = {}
+    else:
+        values = reading.values.model_dump(by_alias=True, exclude_none=True)
+        fresh = keep_last_good(current, progress_from_reading(values, format_time(now())))
         folded = fold_reading(current, fresh)
-    try:
-        plan.status.progress = None if folded is None else Progress.model_validate(folded)
-    except ValidationError as error:
-        package_log.warning("%s/%s: malformed progress: %s", owner.namespace, owner.name, error)
-        stale = mark_stale(current)
-        plan.status.progress = None if stale is None else Progress.model_validate(stale)
-        return
-    checkpoint = newer_checkpoint(plan.status.checkpoint, reading or {})
+    plan.status.progress = None if folded is None else Progress.model_validate(folded)
+    checkpoint = newer_checkpoint(plan.status.checkpoint, values)
     if checkpoint:
         plan.status.checkpoint = checkpoint
 
 
-def progress_host(pod: WorkerPod, owner: Owner, attempt: int, settings: OperatorSettings) -> str:
-    if settings.progress_address == "service-dns" or not pod.pod_ip:
-        return names.master_address(owner.name, attempt, owner.namespace)
-    return pod.pod_ip
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 def record_metrics(plan: Plan, observed: Observed, owner: Owner) -> None:
@@ -235,25 +305,26 @@ def execute_plan(plan: Plan, owner: Owner, kube: Kube) -> None:
     for job_name, suspend in plan.set_suspend.items():
         kube.set_job_suspend(owner.namespace, job_name, suspend)
     if plan.create_attempt is not None and plan.spec is not None:
-        body = build_worker_job(
-            owner,
-            plan.spec,
-            AttemptInputs(
-                attempt=plan.create_attempt,
-                resume_from=plan.resume_from,
-                suspend=plan.create_suspended,
-                avoid_nodes=plan.avoid_nodes,
-                trainer_env=plan.trainer_env,
-            ),
-        )
-        try:
-            kube.create_job(body)
-        except ApiException as error:
-            if error.status in INVALID:
-                raise AttemptRefusedError(api_error_message(error)) from error
-            raise
+        create_attempt(plan, owner, kube)
     if plan.delete_self:
         kube.delete_training_job(owner.namespace, owner.name)
+
+
+def create_attempt(plan: Plan, owner: Owner, kube: Kube) -> None:
+    assert plan.spec is not None and plan.create_attempt is not None
+    body = build_worker_job(
+        owner,
+        plan.spec,
+        AttemptInputs(
+            attempt=plan.create_attempt,
+            resume_from=plan.resume_from,
+            suspend=plan.create_suspended,
+            avoid_nodes=plan.avoid_nodes,
+            trainer_env=plan.trainer_env,
+        ),
+    )
+    with refusals_as(f"Job {body['metadata']['name']}", invalid_is_final=True):
+        kube.create_job(body)
 
 
 def post_event(kube: Kube, owner: Owner, event: JobEvent, log: Logger) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,11 +18,30 @@ class OperatorSettings(BaseModel):
     namespaces: Annotated[
         list[str], Field(description="Namespaces to watch; empty: all (cluster scope).")
     ] = Field(default_factory=list)
-    reconcile_interval_s: Annotated[float, Field(gt=0)] = 5.0
-    watch_server_timeout_s: Annotated[int, Field(ge=10)] = 300
-    watch_client_timeout_s: Annotated[int, Field(ge=10)] = 330
+    workers: Annotated[int, Field(ge=1, le=64, description="Passes run at once (jobs).")] = 8
+    progress_interval_s: Annotated[
+        float, Field(gt=0, description="How often running jobs' progress is read.")
+    ] = 10.0
+    resync_interval_s: Annotated[
+        float, Field(gt=0, description="Safety net: every job is reconciled this often.")
+    ] = 300.0
+    watch_server_timeout_s: Annotated[int, Field(ge=10)] = 240
+    watch_client_timeout_s: Annotated[int, Field(ge=10)] = 300
+    api_timeout_s: Annotated[float, Field(gt=0, description="Read timeout of API requests.")] = 15.0
+    stall_timeout_s: Annotated[
+        float, Field(ge=5, description="Liveness fails after this long without progress.")
+    ] = 60.0
+    leader_election: Annotated[
+        bool, Field(description="Hold a Lease before acting; needed for more than one replica.")
+    ] = True
+    lease_name: str = "diffusion-operator"
+    lease_namespace: Annotated[
+        str, Field(description="Default: $POD_NAMESPACE, else the first watched namespace.")
+    ] = ""
+    lease_duration_s: Annotated[float, Field(ge=3)] = 15.0
+    identity: Annotated[str, Field(description="Lease holder name; default: $POD_NAME.")] = ""
     log_format: Literal["json", "text"] = "text"
-    liveness_port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    liveness_port: Annotated[int, Field(ge=0, le=65535, description="0: no probe server.")] = 8080
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     default_checkpoint_root: str = "/checkpoints"
     watch_nodes: Annotated[
@@ -31,6 +52,21 @@ class OperatorSettings(BaseModel):
         Literal["pod-ip", "service-dns"],
         Field(description="How to reach rank 0's progress endpoint."),
     ] = "pod-ip"
+
+
+def lease_namespace(settings: OperatorSettings, environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return (
+        settings.lease_namespace
+        or env.get("POD_NAMESPACE")
+        or (settings.namespaces[0] if settings.namespaces else "default")
+    )
+
+
+def identity(settings: OperatorSettings) -> str:
+    """Unique per process: two replicas (or a restarted one) never share a holder name."""
+    base = settings.identity or os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{base}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
 def load_settings(environ: dict[str, str] | None = None) -> OperatorSettings:

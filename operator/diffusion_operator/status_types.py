@@ -160,3 +160,8 @@ class DiffusionTrainingJobStatus(Section):
     incidents: Annotated[
         list[Incident] | None, Field(max_length=10, description="The latest failures.")
     ] = None
+
+    def condition_message(self, type_: str) -> str | None:
+        """The message of the condition of this type, if it is True."""
+        found = next((c for c in self.conditions if c.type == type_), None)
+        return found.message if found is not None and found.status == "True" else None

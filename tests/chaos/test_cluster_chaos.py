@@ -121,7 +121,12 @@ def test_three_preemptions_spend_no_restarts(
             ]
             env = {e.name: e.value for e in job.spec.template.spec.containers[0].env}
             assert env["RESUME_FROM"] == uri  # never older than the newest committed one
-        finish(dtjs, dtjs.running_pods("preempt", attempt=4, count=2), outcome="Succeeded")
+        pods = dtjs.running_pods("preempt", attempt=4, count=2)
+        # The recovery ends when the operator sees the new gang running, not when we do.
+        wait_until(
+            lambda: dtjs.status("preempt").get("attemptRunningTime"), 30, "attempt 4 running"
+        )
+        finish(dtjs, pods, outcome="Succeeded")
         status = assert_recovered(
             dtjs,
             "preempt",

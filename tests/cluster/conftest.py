@@ -28,8 +28,12 @@ def free_port() -> int:
 OPERATOR_METRICS_PORT = int(
     os.environ.setdefault("DTJ_TEST_OPERATOR_METRICS_PORT", str(free_port()))
 )
+OPERATOR_LIVENESS_PORT = int(
+    os.environ.setdefault("DTJ_TEST_OPERATOR_LIVENESS_PORT", str(free_port()))
+)
 OPERATOR_ENV = {
-    "DTJ_OPERATOR_RECONCILE_INTERVAL_S": "1",
+    "DTJ_OPERATOR_LIVENESS_PORT": str(OPERATOR_LIVENESS_PORT),
+    "DTJ_OPERATOR_PROGRESS_INTERVAL_S": "1",
     "DTJ_OPERATOR_DEFAULT_CHECKPOINT_ROOT": "/checkpoints",
     "DTJ_OPERATOR_METRICS_PORT": str(OPERATOR_METRICS_PORT),
 }

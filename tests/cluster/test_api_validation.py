@@ -124,6 +124,16 @@ def test_name_too_long_is_refused(dtjs):
     assert "metadata.name must be at most 48 characters" in output
 
 
+@pytest.mark.parametrize("name", ["sd.v2", "2sd", "sd-"])
+def test_name_that_is_not_a_dns_label_is_refused(dtjs, name):
+    """A dot or a leading digit passes the API server's own name check but makes an invalid
+    Service name: refused at apply, with the reason."""
+    code, output = dtjs.apply(manifest(name, VALID_SPEC))
+    assert code != 0, f"accepted: {output}"
+    assert "must be a DNS-1035 label" in output, output
+    assert "no dots" in output
+
+
 def test_valid_spec_is_accepted_with_defaults(dtjs):
     code, output = dtjs.apply(manifest("good", VALID_SPEC))
     assert code == 0, output

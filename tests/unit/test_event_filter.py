@@ -1,28 +1,33 @@
-"""Which job events start a reconcile pass: never our own status writes."""
+"""Which job changes start a reconcile pass: never our own status writes."""
 
 from __future__ import annotations
 
 import pytest
 
-from diffusion_operator.handlers import is_own_status_write
+from diffusion_operator.cache import training_job_changed
 
 
-def body(generation: int, observed: int | None) -> dict:
+def body(generation: int, observed: int | None, deleting: bool = False) -> dict:
     status = {} if observed is None else {"observedGeneration": observed, "phase": "Running"}
-    return {"metadata": {"generation": generation}, "status": status}
+    meta: dict = {"generation": generation}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-30T12:00:00Z"
+    return {"metadata": meta, "status": status}
 
 
 @pytest.mark.parametrize(
-    ("event_type", "generation", "observed", "skipped"),
+    ("old", "new", "wakes"),
     [
-        ("MODIFIED", 3, 3, True),  # a status patch after the pass that saw generation 3
-        ("MODIFIED", 4, 3, False),  # the user changed the spec
-        ("MODIFIED", 1, None, False),  # never reconciled yet
-        ("ADDED", 1, 1, False),
-        (None, 2, 2, False),  # the initial listing after an operator restart
+        (body(3, 3), body(3, 3), False),  # a status patch after the pass that saw generation 3
+        (body(3, 2), body(3, 3), False),  # our pass recorded generation 3
+        (body(3, 3), body(4, 3), True),  # the user changed the spec
+        (body(1, None), body(1, None), True),  # never reconciled yet
+        (None, body(1, 1), True),  # new, or listed after an operator restart
+        (body(1, 1), None, True),  # deleted
+        (body(1, 1), body(1, 1, deleting=True), True),
     ],
 )
 def test_only_status_writes_on_a_reconciled_spec_are_skipped(
-    event_type: str | None, generation: int, observed: int | None, skipped: bool
+    old: dict | None, new: dict | None, wakes: bool
 ) -> None:
-    assert is_own_status_write(event_type, body(generation, observed)) is skipped
+    assert training_job_changed(old, new) is wakes

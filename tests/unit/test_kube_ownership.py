@@ -3,32 +3,44 @@ predecessor's Jobs or pods that garbage collection has not removed yet."""
 
 from __future__ import annotations
 
-from kubernetes import client
-
 from diffusion_operator import constants as c
-from diffusion_operator.kube import is_labelled_for, is_owned_by
+from diffusion_operator.cache import ClusterCache
+from diffusion_operator.child_records import job_record, pod_record
 
 
-def job_owned_by(uid: str | None) -> client.V1Job:
-    refs = [client.V1OwnerReference(api_version="v1", kind="K", name="sd", uid=uid)] if uid else []
-    return client.V1Job(metadata=client.V1ObjectMeta(name="sd-a1", owner_references=refs))
+def job_owned_by(uid: str | None, name: str = "sd-a1") -> dict:
+    refs = [{"apiVersion": "v1", "kind": "K", "name": "sd", "uid": uid}] if uid else []
+    labels = {c.LABEL_JOB_NAME: "sd", c.LABEL_ATTEMPT: "1"}
+    meta = {"name": name, "namespace": "ns", "labels": labels, "ownerReferences": refs}
+    return {"metadata": meta, "spec": {}, "status": {}}
 
 
-def pod_labelled(uid: str | None) -> client.V1Pod:
-    labels = {c.LABEL_JOB_NAME: "sd"} | ({c.LABEL_JOB_UID: uid} if uid else {})
-    return client.V1Pod(metadata=client.V1ObjectMeta(name="sd-a1-0", labels=labels))
+def pod_labelled(uid: str | None, name: str) -> dict:
+    labels = {c.LABEL_JOB_NAME: "sd", c.LABEL_ATTEMPT: "1"} | (
+        {c.LABEL_JOB_UID: uid} if uid else {}
+    )
+    return {"metadata": {"name": name, "namespace": "ns", "labels": labels}, "status": {}}
+
+
+def cache_with(jobs: list[dict], pods: list[dict]) -> ClusterCache:
+    cache = ClusterCache()
+    for obj in jobs:
+        cache.jobs.put(f"ns/{obj['metadata']['name']}", job_record(obj))
+    for obj in pods:
+        cache.pods.put(f"ns/{obj['metadata']['name']}", pod_record(obj))
+    return cache
 
 
 def test_jobs_of_a_previous_incarnation_are_not_ours():
-    assert is_owned_by(job_owned_by("new"), "new")
-    assert not is_owned_by(job_owned_by("old"), "new")
-    assert not is_owned_by(job_owned_by(None), "new")  # orphaned
+    cache = cache_with([job_owned_by("new"), job_owned_by("old", "x"), job_owned_by(None, "y")], [])
+    assert [j.name for j in cache.observe("ns", "sd", "new").jobs] == ["sd-a1"]
 
 
 def test_pods_of_a_previous_incarnation_are_not_ours():
-    assert is_labelled_for(pod_labelled("new"), "new")
-    assert not is_labelled_for(pod_labelled("old"), "new")
-    assert is_labelled_for(pod_labelled(None), "new")  # made before the label existed
+    pods = [pod_labelled("new", "a"), pod_labelled("old", "b"), pod_labelled(None, "c")]
+    observed = cache_with([], pods).observe("ns", "sd", "new")
+    assert sorted(p.name for p in observed.pods) == ["a", "c"]  # c: made before the label
+    assert observed.num_foreign_pods == 1
 
 
 def test_a_read_node_and_a_watched_node_give_the_same_health():
@@ -36,6 +48,7 @@ def test_a_read_node_and_a_watched_node_give_the_same_health():
 
     from kubernetes import client
 
+    from diffusion_operator.cache import node_conditions
     from diffusion_operator.node_health import health_of
 
     since = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -46,9 +59,10 @@ def test_a_read_node_and_a_watched_node_give_the_same_health():
             ]
         )
     )
-    health = health_of(client.ApiClient().sanitize_for_serialization(node))
-    assert (health.ready, health.not_ready_since, health.reason) == (
-        False,
-        since,
-        "NodeUnreachable",
-    )
+    serialized = client.ApiClient().sanitize_for_serialization(node)
+    for health in (health_of(serialized), health_of(node_conditions(serialized))):
+        assert (health.ready, health.not_ready_since, health.reason) == (
+            False,
+            since,
+            "NodeUnreachable",
+        )

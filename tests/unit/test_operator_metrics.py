@@ -6,7 +6,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from diffusion_operator import metrics
-from diffusion_operator.reconcile import forget_vanished_jobs
 
 
 def scrape() -> dict[tuple[str, tuple], float]:
@@ -61,7 +60,7 @@ def test_resync_forgets_jobs_deleted_without_an_event():
     metrics.record_worker_pods("ns/gone", ["Running", "Running"])
     before = running_pods()
     live = {key for key in metrics.tracked_job_keys() if key != "ns/gone"}
-    forget_vanished_jobs(live)
+    assert metrics.forget_vanished_jobs(live) == {"ns/gone"}
     assert "ns/gone" not in metrics.tracked_job_keys()
     assert "ns/live" in metrics.tracked_job_keys()
     assert running_pods() == before - 2
