@@ -12,7 +12,7 @@ CONFLICT = 409
 INVALID = (400, 422)  # the API server refuses the object itself
 # Refusals of a create, and when to try again: a quota may free up, a rate limit passes, a
 # webhook or policy may be fixed by an admin.
-RETRY_AFTER_S = {400: 60.0, 403: 30.0, 422: 60.0, 429: 5.0}
+RETRY_AFTER_S = {400: 60.0, 403: 10.0, 422: 60.0, 429: 5.0}
 
 
 class AttemptRefusedError(Exception):

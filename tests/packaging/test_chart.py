@@ -19,26 +19,30 @@ CLUSTER_SCOPE = {"rbac.scope": "cluster"}
 PROMETHEUS_OPERATOR_API = "--api-versions=monitoring.coreos.com/v1"
 MONITORING_KINDS = {"PodMonitor", "PrometheusRule"}
 
-# Every verb the operator uses, and why (kopf and diffusion_operator.kube). Anything more is a
-# privilege nobody needs; anything less breaks a job (the cluster tier proves it is enough).
+# Every verb the operator uses, and why (diffusion_operator.cache, .kube, .leader). Anything more
+# is a privilege nobody needs; anything less breaks a job (test_chart_install proves it enough).
+# Passes read the watch caches (list + watch), not the API.
 OPERATOR_PERMISSIONS = {
-    ("diffusion.dev", "diffusiontrainingjobs", "get"),  # each pass reads the job afresh
-    ("diffusion.dev", "diffusiontrainingjobs", "list"),  # kopf listing, periodic resync
-    ("diffusion.dev", "diffusiontrainingjobs", "watch"),  # kopf: events
+    ("diffusion.dev", "diffusiontrainingjobs", "list"),  # cache
+    ("diffusion.dev", "diffusiontrainingjobs", "watch"),  # cache: a change triggers a pass
     ("diffusion.dev", "diffusiontrainingjobs", "delete"),  # TTL after finish
     ("diffusion.dev", "diffusiontrainingjobs/status", "patch"),  # status
     ("diffusion.dev", "diffusiontrainingjobs/finalizers", "update"),  # blockOwnerDeletion
     ("batch", "jobs", "get"),  # whose Job holds the attempt's name
-    ("batch", "jobs", "list"),  # observe attempts
-    ("batch", "jobs", "watch"),  # a change triggers a pass
+    ("batch", "jobs", "list"),  # cache
+    ("batch", "jobs", "watch"),  # cache: a change triggers a pass
     ("batch", "jobs", "create"),  # one Indexed Job per attempt
     ("batch", "jobs", "patch"),  # suspend / resume
     ("batch", "jobs", "delete"),  # gang restart
-    ("", "pods", "list"),  # observe workers
+    ("", "pods", "list"),  # cache of workers
     ("", "pods", "watch"),  # a change triggers a pass
     ("", "pods", "delete"),  # force-delete a worker stuck on a dead node
+    ("", "configmaps", "list"),  # cache (the operator's, by label)
+    ("", "configmaps", "watch"),
     ("", "configmaps", "create"),  # trainer config
     ("", "configmaps", "patch"),  # trainer config on spec change
+    ("", "services", "list"),  # cache (the operator's, by label)
+    ("", "services", "watch"),
     ("", "services", "create"),  # headless rendezvous Service
     ("", "events", "create"),  # one Event per transition
 }
@@ -112,6 +116,12 @@ def test_rendered_objects_match_kubernetes_api_schemas(render, values, helm_args
         ("rbac.watchNamespaces={Team_A}", "/rbac/watchNamespaces/0"),
         ("monitoring.interval=often", "/monitoring/interval"),
         ("replicas=2", "replicas"),
+        ("replicaCount=0", "/replicaCount"),
+        ("operator.reconcileIntervalSeconds=5", "reconcileIntervalSeconds"),
+        ("operator.workers=0", "/operator/workers"),
+        ("leaderElection.leaseDurationSeconds=1", "/leaderElection/leaseDurationSeconds"),
+        ("podDisruptionBudget.minAvailable=-1", "/podDisruptionBudget/minAvailable"),
+        ("readinessProbe.path=/", "/readinessProbe"),
     ],
 )
 def test_values_schema_rejects_bad_value(helm, bad_value, named_field):
@@ -179,12 +189,16 @@ def test_install_manifests_are_rendered_from_the_chart(helm):
     assert "managed-by: Helm" not in checked_in
 
 
-def test_operator_deployment_is_one_restricted_replica(render):
+def test_operator_deployment_is_two_restricted_replicas(render):
     objects = render()
     (deployment,) = of_kind(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    # A new pod first, then the old one goes: a ready standby exists throughout the rollout.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -199,6 +213,9 @@ def test_operator_deployment_is_one_restricted_replica(render):
     assert probe["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports[probe["port"]] == 8080 == int(env_of(container)["DTJ_OPERATOR_LIVENESS_PORT"])
+    readiness = container["readinessProbe"]
+    assert readiness["httpGet"] == {"path": "/readyz", "port": "healthz"}
+    assert readiness["periodSeconds"] <= container["livenessProbe"]["periodSeconds"]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
     assert "emptyDir" in tmp
@@ -206,15 +223,141 @@ def test_operator_deployment_is_one_restricted_replica(render):
 
 
 def test_operator_settings_are_valid_operator_settings(render):
-    from diffusion_operator.settings import ENV_PREFIX, OperatorSettings, load_settings
+    from diffusion_operator.settings import (
+        ENV_PREFIX,
+        OperatorSettings,
+        lease_namespace,
+        load_settings,
+    )
 
     env = env_of(operator_container(render({"operator.logFormat": "text"})))
     known = {ENV_PREFIX + name.upper() for name in OperatorSettings.model_fields}
     assert {name for name in env if name.startswith(ENV_PREFIX)} <= known
+    assert "DTJ_OPERATOR_RECONCILE_INTERVAL_S" not in env
     settings = load_settings({k: v for k, v in env.items() if v is not None})
     assert settings.namespaces == ["ops"]
     assert settings.log_format == "text"
     assert settings.liveness_port == 8080
+    assert (settings.progress_interval_s, settings.resync_interval_s) == (10, 300)
+    assert (settings.workers, settings.stall_timeout_s) == (8, 60)
+    assert settings.leader_election is True
+    assert settings.lease_duration_s == 15
+    assert settings.lease_name == "rel-diffusion-operator"  # one Lease per release
+    assert lease_namespace(settings, environ={}) == "ops"
+    off = env_of(
+        operator_container(render({"replicaCount": "1", "leaderElection.enabled": "false"}))
+    )
+    assert load_settings({k: v for k, v in off.items() if v is not None}).leader_election is False
+
+
+def test_pod_name_and_namespace_come_from_the_downward_api(render):
+    env = {e["name"]: e for e in operator_container(render())["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def pod_labels(objects: list[dict[str, Any]]) -> dict[str, str]:
+    (deployment,) = of_kind(objects, "Deployment")
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) == {"matchLabels"}
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_replicas_spread_over_nodes_unless_affinity_is_set(render):
+    objects = render()
+    (deployment,) = of_kind(objects, "Deployment")
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (preferred,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    term = preferred["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"] == deployment["spec"]["selector"]
+    assert selects(term["labelSelector"], pod_labels(objects))
+    required = "requiredDuringSchedulingIgnoredDuringExecution"
+    zone = "topology.kubernetes.io/zone"
+    custom = render({f"affinity.podAntiAffinity.{required}[0].topologyKey": zone})
+    (deployment,) = of_kind(custom, "Deployment")
+    own = {"podAntiAffinity": {required: [{"topologyKey": zone}]}}
+    assert deployment["spec"]["template"]["spec"]["affinity"] == own
+
+
+def test_pod_disruption_budget_keeps_one_operator_pod(render):
+    objects = render()
+    (pdb,) = of_kind(objects, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["metadata"]["namespace"] == "ops"
+    assert pdb["spec"]["minAvailable"] == 1
+    assert selects(pdb["spec"]["selector"], pod_labels(objects))
+    (deployment,) = of_kind(objects, "Deployment")
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    # One replica: a PDB would only block node drains.
+    assert not of_kind(render({"replicaCount": "1"}), "PodDisruptionBudget")
+    assert not of_kind(render({"podDisruptionBudget.enabled": "false"}), "PodDisruptionBudget")
+
+
+LEASES = {
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+}
+
+
+def leader_election_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        r for r in of_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")
+    ]
+
+
+@pytest.mark.parametrize("values", [{}, CLUSTER_SCOPE], ids=["namespaced", "cluster"])
+def test_leader_election_role_grants_only_the_release_lease(render, values):
+    objects = render({**values, "rbac.watchNamespaces": "{team-a}"})
+    (role,) = leader_election_roles(objects)
+    assert role["metadata"]["name"] == "rel-diffusion-operator-leader-election"
+    assert role["metadata"]["namespace"] == "ops"
+    assert permissions(role) == LEASES
+    # get and update only on this release's Lease (create can't be limited to a name).
+    env = env_of(operator_container(objects))
+    for rule in role["rules"]:
+        if set(rule["verbs"]) & {"get", "update"}:
+            assert rule["resourceNames"] == [env["DTJ_OPERATOR_LEASE_NAME"]]
+    assert env["DTJ_OPERATOR_LEASE_NAMESPACE"] == "ops"
+    bindings = [
+        b
+        for b in of_kind(objects, "RoleBinding")
+        if b["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    assert [(b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in bindings] == [
+        ("ops", "Role")
+    ]
+    assert bindings[0]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-diffusion-operator", "namespace": "ops"}
+    ]
+    # No other role grants anything on leases.
+    others = [r for r in of_kind(objects, "Role") + of_kind(objects, "ClusterRole") if r != role]
+    assert not [p for r in others for p in permissions(r) if p[1] == "leases"]
+
+
+def test_without_leader_election_one_replica_is_replaced(render):
+    objects = render({"replicaCount": "1", "leaderElection.enabled": "false"})
+    (deployment,) = of_kind(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not leader_election_roles(objects)
+    assert not of_kind(objects, "PodDisruptionBudget")
+    env = env_of(operator_container(objects))
+    assert env["DTJ_OPERATOR_LEADER_ELECTION"] == "false"
+    assert "DTJ_OPERATOR_LEASE_NAMESPACE" not in env
+
+
+def test_more_than_one_replica_without_leader_election_is_refused(helm):
+    result = run_tool(
+        helm, "template", "rel", CHART_DIR, f"--kube-version={KUBE_VERSION}",
+        "--set=leaderElection.enabled=false",  # replicaCount stays 2
+    )  # fmt: skip
+    assert result.returncode != 0, "two replicas without leader election were accepted"
+    assert "replicaCount=2 needs leaderElection.enabled=true" in result.stderr, result.stderr
 
 
 NODE_READER = {("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch")}
@@ -230,7 +373,7 @@ def test_namespaced_scope_binds_roles_in_each_watched_namespace(render):
     (reader,) = of_kind(objects, "ClusterRole")
     assert permissions(reader) == NODE_READER
     assert not of_kind(render({"rbac.readNodes": "false"}), "ClusterRole")
-    roles = of_kind(objects, "Role")
+    roles = [r for r in of_kind(objects, "Role") if r not in leader_election_roles(objects)]
     assert {r["metadata"]["namespace"] for r in roles} == {"ops", "team-a", "team-b"}
     for role in roles:
         assert permissions(role) == OPERATOR_PERMISSIONS
@@ -244,7 +387,11 @@ def test_namespaced_scope_binds_roles_in_each_watched_namespace(render):
 
 def test_cluster_scope_uses_one_cluster_role(render):
     objects = render(CLUSTER_SCOPE)
-    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    # In the release namespace, only the Lease.
+    assert of_kind(objects, "Role") == leader_election_roles(objects)
+    assert {b["roleRef"]["name"] for b in of_kind(objects, "RoleBinding")} == {
+        "rel-diffusion-operator-leader-election"
+    }
     (role,) = [r for r in of_kind(objects, "ClusterRole") if r not in node_reader(objects)]
     assert permissions(role) == OPERATOR_PERMISSIONS
     bindings = of_kind(objects, "ClusterRoleBinding")

@@ -85,20 +85,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def is_healthy(port: int) -> bool:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-        return response.status == 200
+def responds_ok(port: int, path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status == 200
+    except OSError:  # not listening yet, or 503
+        return False
 
 
 @contextmanager
-def operator_process(kubeconfig: Path, namespace: str, log_path: Path) -> Iterator[None]:
-    """`dtj operator` as its own process, with nothing but the given kubeconfig."""
+def operator_process(kubeconfig: Path, release, log_path: Path) -> Iterator[None]:
+    """`dtj operator` as its own process, with nothing but the given kubeconfig, leader election
+    on the release's Lease as the chart sets it (DTJ_OPERATOR_LEASE_*)."""
     port = free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
-        "DTJ_OPERATOR_NAMESPACES": namespace,
-        "DTJ_OPERATOR_RECONCILE_INTERVAL_S": "1",
+        "DTJ_OPERATOR_NAMESPACES": release.namespace,
+        "DTJ_OPERATOR_PROGRESS_INTERVAL_S": "1",
+        "DTJ_OPERATOR_LEADER_ELECTION": "true",
+        "DTJ_OPERATOR_LEASE_NAME": release.fullname,
+        "DTJ_OPERATOR_LEASE_NAMESPACE": release.namespace,
         "DTJ_OPERATOR_LIVENESS_PORT": str(port),
         "DTJ_OPERATOR_LOG_FORMAT": "text",
     }
@@ -107,7 +114,9 @@ def operator_process(kubeconfig: Path, namespace: str, log_path: Path) -> Iterat
     with log_path.open("w") as log:
         process = subprocess.Popen([dtj, "operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until(lambda: is_healthy(port), 60, "the operator's /healthz")
+            wait_until(lambda: responds_ok(port, "/healthz"), 60, "the operator's /healthz")
+            # Ready needs the Lease read or written: the leader-election Role is enough.
+            wait_until(lambda: responds_ok(port, "/readyz"), 60, "the operator's /readyz")
             yield
         finally:
             process.terminate()
@@ -126,8 +135,9 @@ def test_helm_install_in_a_restricted_namespace(install_chart, test_namespace):
         release.install_output
     )
     assert f"kubectl get dtj -n {ns.name}" in release.install_output
-    (pod,) = pods_matching(ns, f"app.kubernetes.io/instance={release.name}", 1)
-    assert pod.spec.service_account_name == release.service_account
+    pods = pods_matching(ns, f"app.kubernetes.io/instance={release.name}", 2)
+    assert len(pods) == 2  # replicaCount: a leader and a standby
+    assert {pod.spec.service_account_name for pod in pods} == {release.service_account}
     assert not event_messages(ns, "FailedCreate")
 
 
@@ -141,7 +151,9 @@ def test_operator_runs_a_job_with_only_the_chart_service_account(
         pool.node_selector, pool.tolerations, serviceAccountName=release.worker_service_account
     )
     log_path = tmp_path / "operator.log"
-    with operator_process(token_kubeconfig(release), test_namespace.name, log_path):
+    with operator_process(token_kubeconfig(release), release, log_path):
+        lease = lease_of(test_namespace, release)
+        assert lease.spec.holder_identity  # it leads, on the chart's Role
         run_job_to_success(test_namespace, spec, release)
     log = log_path.read_text()
     denied = [line[:300] for line in log.splitlines() if FORBIDDEN.search(line)]
@@ -149,6 +161,13 @@ def test_operator_runs_a_job_with_only_the_chart_service_account(
     events = test_namespace.core.list_namespaced_event(test_namespace.name).items
     # Posted by the operator: proves "create events" is granted and used.
     assert {"Created", "AllWorkersSucceeded"} <= {e.reason for e in events}
+
+
+def lease_of(ns, release):
+    from kubernetes import client
+
+    coordination = client.CoordinationV1Api(ns.core.api_client)
+    return coordination.read_namespaced_lease(release.fullname, ns.name)
 
 
 def run_job_to_success(ns, spec: dict, release) -> None:
@@ -171,7 +190,6 @@ def run_job_to_success(ns, spec: dict, release) -> None:
 
 
 OPERATOR_NEEDS = [
-    ("get", DTJ),
     ("list", DTJ),
     ("watch", DTJ),
     ("delete", DTJ),
@@ -184,7 +202,12 @@ OPERATOR_NEEDS = [
     ("list", "pods"),
     ("watch", "pods"),
     ("delete", "pods"),
+    ("list", "configmaps"),
+    ("watch", "configmaps"),
     ("create", "configmaps"),
+    ("patch", "configmaps"),
+    ("list", "services"),
+    ("watch", "services"),
     ("create", "services"),
     ("create", "events"),
 ]
@@ -200,6 +223,23 @@ NEVER_ALLOWED = [
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("*", "*"),
 ]
+LEASES = "leases.coordination.k8s.io"
+
+
+def lease_needs(release) -> list[tuple[str, str]]:
+    """Leader election on the release's Lease: create it once, then read and renew it."""
+    own = f"{LEASES}/{release.fullname}"
+    return [("create", LEASES), ("get", own), ("update", own)]
+
+
+LEASE_NEVER = [
+    ("list", LEASES),
+    ("watch", LEASES),
+    ("delete", LEASES),
+    ("patch", LEASES),
+    ("get", f"{LEASES}/another-operator"),
+    ("update", f"{LEASES}/another-operator"),
+]
 CLUSTER_WIDE_NEVER = [
     ("list", "namespaces"),
     ("patch", "nodes"),
@@ -212,9 +252,11 @@ def test_namespaced_operator_cannot_read_secrets_or_leave_its_namespace(install_
     release = install_chart()
     me, own = release.identity, ("-n", release.namespace)
     assert [need for need in OPERATOR_NEEDS if not can_i(me, *need, *own)] == []
-    assert [verb for verb in NEVER_ALLOWED if can_i(me, *verb, *own)] == []
+    assert [need for need in lease_needs(release) if not can_i(me, *need, *own)] == []
+    assert [verb for verb in NEVER_ALLOWED + LEASE_NEVER if can_i(me, *verb, *own)] == []
     for other in ("default", "kube-system"):
         assert [need for need in OPERATOR_NEEDS if can_i(me, *need, "-n", other)] == []
+        assert [need for need in lease_needs(release) if can_i(me, *need, "-n", other)] == []
     assert not can_i(me, "list", DTJ, "--all-namespaces")
     assert not can_i(me, "list", "customresourcedefinitions.apiextensions.k8s.io")
     assert [verb for verb in CLUSTER_WIDE_NEVER if can_i(me, *verb, "--all-namespaces")] == []
@@ -226,9 +268,14 @@ def test_cluster_scope_operator_serves_every_namespace_but_reads_no_secrets(inst
     me = release.identity
     assert can_i(me, "list", DTJ, "--all-namespaces")
     assert can_i(me, "watch", DTJ, "--all-namespaces")
+    own = ("-n", release.namespace)
+    assert [need for need in lease_needs(release) if not can_i(me, *need, *own)] == []
+    assert [verb for verb in LEASE_NEVER if can_i(me, *verb, *own)] == []
     for other in ("default", "kube-system"):
         assert [need for need in OPERATOR_NEEDS if not can_i(me, *need, "-n", other)] == []
         assert [verb for verb in NEVER_ALLOWED if can_i(me, *verb, "-n", other)] == []
+        # The Lease lives in the release namespace only.
+        assert [need for need in lease_needs(release) if can_i(me, *need, "-n", other)] == []
     assert [verb for verb in CLUSTER_WIDE_NEVER if can_i(me, *verb, "--all-namespaces")] == []
 
 

@@ -75,7 +75,7 @@ start_bg localnode env PYTHONPATH=tools .venv/bin/python -m localnode --kubeconf
   --node-name dtj-local --state-dir "$DTJ_LOCALNODE_DIR"
 start_bg operator env KUBECONFIG="$kubeconfig" DTJ_OPERATOR_NAMESPACES=default \
   DTJ_OPERATOR_METRICS_PORT=0 DTJ_OPERATOR_LIVENESS_PORT=28080 \
-  DTJ_OPERATOR_RECONCILE_INTERVAL_S=2 .venv/bin/dtj operator
+  DTJ_OPERATOR_PROGRESS_INTERVAL_S=2 .venv/bin/dtj operator
 wait_until "node dtj-local Ready" kubectl wait --for=condition=Ready --timeout=5s node/dtj-local
 wait_until "pvc Bound" kubectl wait --for=jsonpath='{.status.phase}'=Bound --timeout=5s \
   pvc/dtj-local-data

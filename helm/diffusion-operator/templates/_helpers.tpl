@@ -61,13 +61,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The operator's API access, the same in a Role or a ClusterRole. Nothing on Secrets (worker pods
-reference them by name; the operator never reads them) and no wildcards.
+reference them by name; the operator never reads them) and no wildcards. Passes read the watch
+caches (list + watch) instead of the API; the writes are below. Leader election's Lease has its
+own Role (rbac.yaml).
 */}}
 {{- define "diffusion-operator.rules" -}}
-# Jobs are watched and re-read at each reconcile pass; deleted at their TTL.
+# Jobs are cached (a change triggers a pass); deleted at their TTL.
 - apiGroups: ["diffusion.dev"]
   resources: ["diffusiontrainingjobs"]
-  verbs: ["get", "list", "watch", "delete"]
+  verbs: ["list", "watch", "delete"]
 - apiGroups: ["diffusion.dev"]
   resources: ["diffusiontrainingjobs/status"]
   verbs: ["patch"]
@@ -75,24 +77,25 @@ reference them by name; the operator never reads them) and no wildcards.
 - apiGroups: ["diffusion.dev"]
   resources: ["diffusiontrainingjobs/finalizers"]
   verbs: ["update"]
-# One Indexed Job per attempt: watched (a change triggers a pass), suspended/resumed by patch,
+# One Indexed Job per attempt: cached (a change triggers a pass), suspended/resumed by patch,
 # read when its name is taken (ours from a retried pass, or a deleted namesake's).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Worker pods are observed (phase, exit codes, scheduling); a change triggers a pass. A worker
+# Worker pods are cached (phase, exit codes, scheduling); a change triggers a pass. A worker
 # still terminating on a NotReady or deleted node past failurePolicy.podTerminationTimeoutSeconds
 # is force-deleted, so that the next attempt can start.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "delete"]
-# The rendered trainer config and the headless rendezvous Service.
+# The rendered trainer config and the headless rendezvous Service: cached (only the operator's,
+# by label), so a pass sees whether they exist without a read.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create"]
+  verbs: ["list", "watch", "create"]
 # One Event per job transition.
 - apiGroups: [""]
   resources: ["events"]
