@@ -50,6 +50,9 @@ demo: setup testenv-build  ## train the tiny job end to end on this machine (doc
 demo-down:  ## stop what an interrupted demo left running (by recorded PIDs)
 	@tools/localnode/demo.sh down
 
+bench-operator: setup testenv-build  ## operator at fleet scale: N jobs, both designs (docs/benchmarks.md)
+	$(BIN)/python tools/bench/operator_scale.py $(ARGS)
+
 clean:  ## remove the virtual environment and caches in the checkout
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
