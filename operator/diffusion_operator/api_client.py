@@ -45,5 +45,9 @@ def load_configuration() -> client.Configuration:
     return configuration
 
 
-def new_api_client(health: Health) -> TimedApiClient:
-    return TimedApiClient(load_configuration(), health)
+def new_api_client(health: Health, num_connections: int = 32) -> TimedApiClient:
+    """Each watch holds a connection for its lifetime; workers, the lease and node reads need
+    theirs: a pool smaller than that reconnects (a TLS handshake) on every request."""
+    configuration = load_configuration()
+    configuration.connection_pool_maxsize = num_connections
+    return TimedApiClient(configuration, health)

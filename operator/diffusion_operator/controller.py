@@ -32,6 +32,13 @@ MAX_ERROR_BACKOFF_S = 60.0
 CLOCK_S = 1.0  # how often idle workers wake: the liveness tick and phase gauges
 
 
+def connections_needed(settings: OperatorSettings) -> int:
+    """Five watches per namespace (or cluster) plus nodes, each holding a connection, and one
+    per worker, the lease and the odd node read."""
+    num_watches = 5 * max(len(settings.namespaces), 1) + 1
+    return num_watches + settings.workers + 4
+
+
 class Controller:
     def __init__(self, settings: OperatorSettings, api_client: TimedApiClient) -> None:
         self.settings, self.health = settings, api_client.health

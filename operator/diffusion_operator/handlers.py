@@ -17,7 +17,7 @@ import kopf
 
 from diffusion_operator import metrics
 from diffusion_operator.api_client import new_api_client
-from diffusion_operator.controller import Controller
+from diffusion_operator.controller import Controller, connections_needed
 from diffusion_operator.health import Health, serve_health
 from diffusion_operator.settings import load_settings
 
@@ -35,7 +35,9 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     port = operator_settings.liveness_port
     server = serve_health(health, port, extra=lambda: leader_info(_running)) if port else None
     try:
-        controller = Controller(operator_settings, new_api_client(health))
+        controller = Controller(
+            operator_settings, new_api_client(health, connections_needed(operator_settings))
+        )
         metrics.serve(operator_settings.metrics_port)
         controller.start()
     except Exception:

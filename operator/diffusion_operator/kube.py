@@ -134,7 +134,9 @@ class Kube:
     def create_config_map(self, body: dict[str, Any]) -> None:
         """Create, or if it exists after all (the cache lags), set its data."""
         try:
-            self.core.create_namespaced_config_map(body["metadata"]["namespace"], body)
+            self.core.create_namespaced_config_map(
+                body["metadata"]["namespace"], body, _preload_content=False
+            )
         except ApiException as error:
             _ignore(CONFLICT, error)
             self.update_config_map(body)
@@ -149,7 +151,9 @@ class Kube:
     @guarded
     def create_service(self, body: dict[str, Any]) -> None:
         try:
-            self.core.create_namespaced_service(body["metadata"]["namespace"], body)
+            self.core.create_namespaced_service(
+                body["metadata"]["namespace"], body, _preload_content=False
+            )
         except ApiException as error:
             _ignore(CONFLICT, error)
 
@@ -159,7 +163,9 @@ class Kube:
         """Create, or accept the Job of this name if it is already ours (a retried pass)."""
         meta = body["metadata"]
         try:
-            self.batch.create_namespaced_job(meta["namespace"], body)
+            # The answer is not read: decoding a Job into typed objects costs more CPU than the
+            # request itself, and the watch brings the Job anyway.
+            self.batch.create_namespaced_job(meta["namespace"], body, _preload_content=False)
         except ApiException as error:
             _ignore(CONFLICT, error)
             existing = self.batch.read_namespaced_job(meta["name"], meta["namespace"])
@@ -203,7 +209,7 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self.core.create_namespaced_event(owner.namespace, body)
+        self.core.create_namespaced_event(owner.namespace, body, _preload_content=False)
 
     @counted
     @guarded

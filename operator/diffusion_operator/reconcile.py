@@ -137,11 +137,15 @@ def run_pass(ctx: PassContext, body: dict[str, Any]) -> Plan | None:
         read_progress(plan, owner, ctx.poller)
         record_metrics(plan, observed, owner)
     writer.write(plan)
-    post_events(plan, owner, ctx.kube, ctx.log)  # before acting: a failed action must not lose them
+    refusal: Exception | None = None
     try:
         execute_plan(plan, owner, ctx.kube)
     except (AttemptRefusedError, NameInUseError, CreateRefusedError) as error:
-        after = plan_after_refusal(body, plan, error)
+        refusal = error
+    finally:  # after acting (the new attempt starts sooner), even when an action failed
+        post_events(plan, owner, ctx.kube, ctx.log)
+    if refusal is not None:
+        after = plan_after_refusal(body, plan, refusal)
         writer.write(after)
         post_events(after, owner, ctx.kube, ctx.log)
         return after

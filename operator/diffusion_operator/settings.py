@@ -18,7 +18,7 @@ class OperatorSettings(BaseModel):
     namespaces: Annotated[
         list[str], Field(description="Namespaces to watch; empty: all (cluster scope).")
     ] = Field(default_factory=list)
-    workers: Annotated[int, Field(ge=1, le=64, description="Passes run at once (jobs).")] = 8
+    workers: Annotated[int, Field(ge=1, le=64, description="Passes run at once (jobs).")] = 16
     progress_interval_s: Annotated[
         float, Field(gt=0, description="How often running jobs' progress is read.")
     ] = 10.0

@@ -239,7 +239,7 @@ def test_operator_settings_are_valid_operator_settings(render):
     assert settings.log_format == "text"
     assert settings.liveness_port == 8080
     assert (settings.progress_interval_s, settings.resync_interval_s) == (10, 300)
-    assert (settings.workers, settings.stall_timeout_s) == (8, 60)
+    assert (settings.workers, settings.stall_timeout_s) == (16, 60)
     assert settings.leader_election is True
     assert settings.lease_duration_s == 15
     assert settings.lease_name == "rel-diffusion-operator"  # one Lease per release
