@@ -115,16 +115,14 @@ class ProgressPoller:
                 continue
             meta = body["metadata"]
             key = f"{meta['namespace']}/{meta['name']}"
-            host = self.rank0_host(key, meta, status["attempt"])
+            host = self.rank0_host(meta, status["attempt"])
             if host is not None:
                 found.append(Target(key, status["attempt"], host))
         return found
 
-    def rank0_host(self, key: str, meta: dict[str, Any], attempt: int) -> str | None:
-        for record in self.cache.pods.by_index(key):
-            pod = record.pod
-            if record.job_uid not in (None, meta.get("uid")) or pod.attempt != attempt:
-                continue
+    def rank0_host(self, meta: dict[str, Any], attempt: int) -> str | None:
+        observed = self.cache.observe(meta["namespace"], meta["name"], meta["uid"])
+        for pod in observed.pods_of(attempt):
             if pod.index == 0 and pod.phase == "Running" and not pod.deleting:
                 if self.address == "service-dns" or not pod.pod_ip:
                     return names.master_address(meta["name"], attempt, meta["namespace"])

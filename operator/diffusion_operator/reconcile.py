@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from logging import Logger, getLogger
+from logging import Logger
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -51,7 +51,6 @@ from diffusion_operator.timefmt import format_time
 from diffusion_operator.worker_job import AttemptInputs, build_worker_job
 from diffusion_trainer.config import ConfigError, TrainerConfig
 
-package_log = getLogger("diffusion_operator")
 CONFLICT_RETRY_S = 0.2  # the watch brings the newer job within moments
 # A pass that changed something is followed by one that sees the result: level-based
 # convergence does not depend on an event for every step (our own status writes wake nobody).
@@ -129,10 +128,7 @@ def run_pass(ctx: PassContext, body: dict[str, Any]) -> Plan | None:
     meta = body["metadata"]
     owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     writer = StatusWriter(ctx, owner, body)
-    try:
-        plan, observed = plan_for(body, owner, ctx)
-    except CreateRefusedError as error:
-        return writer.refused(body, error)
+    plan, observed = plan_for(body, owner, ctx)
     if observed is not None and plan.spec is not None:
         read_progress(plan, owner, ctx.poller)
         record_metrics(plan, observed, owner)
@@ -149,7 +145,7 @@ def run_pass(ctx: PassContext, body: dict[str, Any]) -> Plan | None:
         writer.write(after)
         post_events(after, owner, ctx.kube, ctx.log)
         return after
-    if plan.status.condition_message(CREATE_REFUSED) is not None:
+    if observed is not None and plan.status.condition_message(CREATE_REFUSED) is not None:
         writer.write(clear_refusal(plan))
     return plan
 
@@ -162,7 +158,7 @@ def clear_refusal(plan: Plan) -> Plan:
         status=False,
         reason="Accepted",
         message="",
-        now=format_time(now()),
+        now=format_time(datetime.now(UTC)),
         generation=plan.status.observed_generation,
     )
     return plan
@@ -189,16 +185,6 @@ class StatusWriter:
         self.ctx.cache.remember_written_job(written)
         plan.wrote_status = True
 
-    def refused(self, body: dict[str, Any], error: CreateRefusedError) -> Plan:
-        status = parse_status(body.get("status"))
-        spec = DiffusionTrainingJobSpec.model_validate(body.get("spec") or {})
-        job = JobState(self.owner.name, self.owner.namespace, generation(body), spec, status)
-        plan = plan_create_refused(job, error.what, error.message, datetime.now(UTC))
-        plan.requeue_after_s = error.retry_after_s
-        self.write(plan)
-        post_events(plan, self.owner, self.ctx.kube, self.ctx.log)
-        return plan
-
 
 def generation(body: dict[str, Any]) -> int | None:
     return body["metadata"].get("generation")
@@ -212,10 +198,15 @@ def plan_after_refusal(body: dict[str, Any], plan: Plan, error: Exception) -> Pl
     if isinstance(error, NameInUseError):
         return plan_name_in_use(job, error.job_name, now)
     if isinstance(error, CreateRefusedError):
-        after = plan_create_refused(job, error.what, error.message, now)
-        after.requeue_after_s = error.retry_after_s
-        return after
+        return plan_refusal(job, error, now)
     return plan_refused_attempt(job, str(error), now)
+
+
+def plan_refusal(job: JobState, error: CreateRefusedError, now: datetime) -> Plan:
+    """The refused create in the job's status, and the pass again when the server said."""
+    plan = plan_create_refused(job, error.what, error.message, now)
+    plan.requeue_after_s = error.retry_after_s
+    return plan
 
 
 def plan_for(body: dict[str, Any], owner: Owner, ctx: PassContext) -> tuple[Plan, Observed | None]:
@@ -230,9 +221,12 @@ def plan_for(body: dict[str, Any], owner: Owner, ctx: PassContext) -> tuple[Plan
         status.phase, status.observed_generation = "Failed", generation(body)
         return Plan(status=status, events=events), None
     terminal = status.phase in ("Succeeded", "Failed")
-    if parsed.config is not None and not terminal:
-        ensure_children(ctx, owner, parsed.config)
     job = JobState(owner.name, owner.namespace, generation(body), parsed.spec, status, parsed.error)
+    if parsed.config is not None and not terminal:
+        try:
+            ensure_children(ctx, owner, parsed.config)
+        except CreateRefusedError as error:  # no observation: the refusal is the whole plan
+            return plan_refusal(job, error, datetime.now(UTC)), None
     observed = ctx.cache.observe(owner.namespace, owner.name, owner.uid)
     observed = replace(observed, nodes=ctx.kube.nodes_of(observed.pods))
     plan = plan_reconcile(job, observed, datetime.now(UTC))
@@ -272,16 +266,14 @@ def read_progress(plan: Plan, owner: Owner, poller: ProgressPoller | None) -> No
         values: dict[str, Any] = {}
     else:
         values = reading.values.model_dump(by_alias=True, exclude_none=True)
-        fresh = keep_last_good(current, progress_from_reading(values, format_time(now())))
+        fresh = keep_last_good(
+            current, progress_from_reading(values, format_time(datetime.now(UTC)))
+        )
         folded = fold_reading(current, fresh)
     plan.status.progress = None if folded is None else Progress.model_validate(folded)
     checkpoint = newer_checkpoint(plan.status.checkpoint, values)
     if checkpoint:
         plan.status.checkpoint = checkpoint
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def record_metrics(plan: Plan, observed: Observed, owner: Owner) -> None:
