@@ -48,11 +48,16 @@ def make_config(synth_dataset: Any) -> Callable[..., dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def reference_run(
-    tmp_path_factory: pytest.TempPathFactory, make_config: Callable[..., dict[str, Any]]
+    tmp_path_factory: pytest.TempPathFactory,
+    make_config: Callable[..., dict[str, Any]],
+    synth_dataset: Any,
 ) -> TrainerRun:
-    """Uninterrupted 1-process run: 10 steps of global batch 8 (2 micro-batches of 4)."""
+    """Uninterrupted 1-process run: 10 steps of global batch 8 (2 micro-batches of 4). The
+    encoders are only read by the final export (training is on latents): a full pipeline."""
     root = tmp_path_factory.mktemp("reference")
-    return run_in_process(make_config(root / "ckpt"))
+    encoders = str(synth_dataset.encoders)
+    model = {"vae": encoders, "textEncoder": encoders}
+    return run_in_process(make_config(root / "ckpt", model=model))
 
 
 @pytest.fixture(scope="session")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
 import torch.distributed as dist
-from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from trainer_harness import TrainerRun
 
-from diffusion_trainer.config import TrainingConfig
-from diffusion_trainer.encoders import load_tokenizer
+from diffusion_trainer.config import ModelConfig, TrainerConfig, TrainingConfig
 from diffusion_trainer.flops import count_train_flops_per_image
 from diffusion_trainer.model import (
     build_unet,
@@ -21,6 +22,7 @@ from diffusion_trainer.model import (
     load_unet_config,
 )
 from diffusion_trainer.parallelize import parallelize_unet
+from diffusion_trainer.pipeline_export import write_pipeline_folder
 
 SD2_BASE_PARAMS = 865_910_724
 # The SD-2-base U-Net as published (stabilityai/stable-diffusion-2-base unet/config.json).
@@ -130,38 +132,50 @@ def test_flop_count_matches_the_measured_sd2_step() -> None:
     assert flops == pytest.approx(0.544e12, rel=0.02)
 
 
+def read_checkpoint(path: Path, scratch: Path) -> dict[str, Any]:
+    """A DCP checkpoint as plain tensors ({"model": ..., "ema": ...}), read without a group."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(path, scratch / "checkpoint.pt")
+    return cast(dict[str, Any], torch.load(scratch / "checkpoint.pt", weights_only=True))
+
+
+def same_tensors(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> bool:
+    return actual.keys() == expected.keys() and all(
+        torch.equal(actual[name], value) for name, value in expected.items()
+    )
+
+
 @pytest.mark.slow
-def test_exported_folders_load_in_diffusers(reference_run: TrainerRun, synth_dataset: Any) -> None:
+def test_exported_folder_is_a_stable_diffusion_pipeline(
+    reference_run: TrainerRun, tmp_path: Path
+) -> None:
+    """The export loads as is: DDIM on the training betas, the EMA weights in unet/ and the
+    trained ones in unet_noema/, and it generates an image."""
     export = reference_run.checkpoint_uri / "export" / "step-00000010"
     assert reference_run.summary is not None
     assert reference_run.summary["exported"] == str(export)
-    unet = UNet2DConditionModel.from_pretrained(export / "unet")
-    ema = UNet2DConditionModel.from_pretrained(export / "unet_ema")
-    assert count_parameters(unet) == count_parameters(ema) == 3_277_988
+    pipeline: Any = StableDiffusionPipeline.from_pretrained(export)
+    scheduler = pipeline.scheduler
+    assert isinstance(scheduler, DDIMScheduler)
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert scheduler.config.beta_start == pytest.approx(0.00085)
+    assert scheduler.config.beta_end == pytest.approx(0.012)
+    trained_config = TrainerConfig.model_validate(reference_run.extra["config"])
+    assert scheduler.config.prediction_type == trained_config.model.prediction_type
+
+    checkpoint = read_checkpoint(reference_run.checkpoint_uri / "step-00000010", tmp_path)
+    sampled = pipeline.unet.state_dict()
+    trained = UNet2DConditionModel.from_pretrained(export / "unet_noema").state_dict()
+    assert count_parameters(pipeline.unet) == 3_277_988
+    assert same_tensors(sampled, checkpoint["ema"])
+    assert same_tensors(trained, checkpoint["model"])
     torch.manual_seed(7)  # the run's seed: its initial weights
     initial = build_unet(load_unet_config("tiny", resolution=64)).state_dict()
-    trained, averaged = unet.state_dict(), ema.state_dict()
     name = "conv_in.weight"
     assert not torch.equal(trained[name], initial[name])  # trained
-    assert not torch.equal(averaged[name], trained[name])  # EMA lags the weights
-    scheduler = DDPMScheduler.from_pretrained(export / "scheduler")
-    assert scheduler.config.prediction_type == "epsilon"
-    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert not torch.equal(sampled[name], trained[name])  # EMA lags the weights
 
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel
-
-    encoders = synth_dataset.encoders
-    pipeline: Any = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(encoders / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(encoders / "text_encoder"),
-        tokenizer=load_tokenizer(str(encoders)),
-        unet=ema,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
     image = pipeline(
         "a red circle",
         num_inference_steps=2,
@@ -172,6 +186,26 @@ def test_exported_folders_load_in_diffusers(reference_run: TrainerRun, synth_dat
     ).images
     assert image.shape == (1, 64, 64, 3)
     assert dist.is_initialized() is False
+
+
+def test_latents_only_export_writes_unet_and_scheduler_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No VAE or text-encoder source: U-Nets and scheduler only, no model_index.json that
+    would claim components the folder lacks, and a warning naming the fields to set."""
+    config = load_unet_config("tiny", resolution=64)
+    weights = build_unet(config).state_dict()
+    ema_weights = {name: value + 1.0 for name, value in weights.items()}
+    with caplog.at_level(logging.WARNING, logger="diffusion_trainer.pipeline_export"):
+        write_pipeline_folder(tmp_path, config, weights, ema_weights, ModelConfig(unet="tiny"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scheduler", "unet", "unet_noema"]
+    assert same_tensors(
+        UNet2DConditionModel.from_pretrained(tmp_path / "unet").state_dict(), ema_weights
+    )
+    noema = UNet2DConditionModel.from_pretrained(tmp_path / "unet_noema").state_dict()
+    assert same_tensors(noema, weights)
+    assert isinstance(DDIMScheduler.from_pretrained(tmp_path / "scheduler"), DDIMScheduler)
+    assert "model.vae and model.textEncoder or model.pretrained" in caplog.text
 
 
 @pytest.mark.slow

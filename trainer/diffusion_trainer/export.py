@@ -1,9 +1,17 @@
-"""Export the trained U-Net (and its EMA) as diffusers folders.
+"""Export the trained U-Net as a diffusers StableDiffusionPipeline folder.
 
-Full weights are gathered on rank 0 only (the others take part in the gathers and discard),
-then written with `save_pretrained`, so `UNet2DConditionModel.from_pretrained(<dir>/unet)`
-loads them. The DDPM scheduler config used in training is written next to them (scheduler/),
-so a `StableDiffusionPipeline` assembled from these folders samples with the same schedule.
+Layout of `<checkpoint.uri>/export/step-<N>/`, loadable with
+`StableDiffusionPipeline.from_pretrained(<dir>)`:
+  model_index.json   StableDiffusionPipeline, no safety checker or feature extractor
+  unet/              the EMA weights when EMA is on (what to sample with), else the trained ones
+  unet_noema/        the trained weights, only when EMA is on
+  scheduler/         DDIM on the training betas and prediction type
+  vae/, text_encoder/, tokenizer/   copied from model.vae / model.textEncoder / model.pretrained
+Without a VAE or text-encoder source (a latents-only run) only unet/ (+ unet_noema/) and
+scheduler/ are written, and a warning names the fields to set.
+
+Full weights are gathered on rank 0 only (the others take part in the gathers and discard);
+rank 0 writes, staging locally and uploading with fsspec for remote (s3://, gs://) URIs.
 """
 
 from __future__ import annotations
@@ -13,13 +21,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from diffusers import UNet2DConditionModel
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
 from diffusion_trainer.checkpoint import has_scheme, join_uri, open_filesystem
+from diffusion_trainer.config import ModelConfig
 from diffusion_trainer.distributed import Runtime, barrier
 from diffusion_trainer.ema import ShardedEma
+from diffusion_trainer.pipeline_export import write_pipeline_folder
 
 EXPORT_DIR = "export"
 
@@ -42,43 +51,27 @@ def gather_ema_state(ema: ShardedEma, runtime: Runtime) -> dict[str, torch.Tenso
     return full
 
 
-def save_unet(config: dict[str, Any], state: dict[str, torch.Tensor], folder: Path) -> None:
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
-    unet.load_state_dict(state, assign=True, strict=True)
-    unet.save_pretrained(str(folder), safe_serialization=True)
-
-
-def write_export(
-    folder: Path,
-    config: dict[str, Any],
-    weights: dict[str, torch.Tensor],
-    ema_weights: dict[str, torch.Tensor] | None,
-    scheduler: Any,
-) -> None:
-    save_unet(config, weights, folder / "unet")
-    if ema_weights is not None:
-        save_unet(config, ema_weights, folder / "unet_ema")
-    scheduler.save_pretrained(str(folder / "scheduler"))
-
-
 def export_diffusers(
     model: Any,
     ema: ShardedEma | None,
-    scheduler: Any,
+    model_config: ModelConfig,
     destination: str,
     runtime: Runtime,
 ) -> str:
-    """Write unet/ (+ unet_ema/) and scheduler/ under `destination` (a collective)."""
-    config = dict(model.config)
+    """Write the pipeline folder (module docstring) at `destination` (a collective)."""
+    unet_config = dict(model.config)
     weights = gather_full_state(model)
     ema_weights = gather_ema_state(ema, runtime) if ema is not None else None
     if runtime.is_main:
         if has_scheme(destination):
             with tempfile.TemporaryDirectory() as staging:
-                write_export(Path(staging), config, weights, ema_weights, scheduler)
+                write_pipeline_folder(
+                    Path(staging), unet_config, weights, ema_weights, model_config
+                )
                 open_filesystem(destination).put(staging + "/", destination, recursive=True)
         else:
-            write_export(Path(destination), config, weights, ema_weights, scheduler)
+            write_pipeline_folder(
+                Path(destination), unet_config, weights, ema_weights, model_config
+            )
     barrier(runtime)
     return destination
