@@ -18,7 +18,6 @@ from diffusion_trainer.cli import run_data_command
 from diffusion_trainer.config import DatasetConfig, TrainerConfig
 from diffusion_trainer.data import TrainLoader, build_streaming_dataset
 from diffusion_trainer.data_precompute import load_encoders, merge_partitions, precompute_partition
-from diffusion_trainer.data_synth import COLOURS, SHAPES
 from diffusion_trainer.empty_caption import (
     EMPTY_CAPTION_FILE,
     encode_empty_caption,
@@ -31,6 +30,7 @@ from diffusion_trainer.encoders import (
     vae_scaling_factor,
 )
 from diffusion_trainer.step import prepare_precomputed
+from diffusion_trainer.synthetic_shapes import COLOURS, SHAPES
 
 
 def test_synthetic_dataset_is_balanced_captioned_shapes(synth_dataset: Any) -> None:

@@ -235,4 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["data"]:
         return run_data_command(args[1:])
+    if args[:1] == ["eval"]:
+        from diffusion_trainer.eval_cli import run_eval_command
+
+        return run_eval_command(args[1:])
     return train_command(args)

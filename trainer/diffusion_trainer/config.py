@@ -139,17 +139,62 @@ class TrainingConfig(Section):
 
 EvalMetric = Literal["fid", "clip"]
 EVAL_METRICS: tuple[EvalMetric, ...] = ("fid", "clip")
+SamplerName = Literal["ddim", "dpm-solver"]
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 
 
 class EvalConfig(Section):
-    """Periodic evaluation (FID and CLIP score)."""
+    """FID and CLIP score of generated images, per classifier-free guidance scale."""
 
-    interval_steps: Annotated[int, Field(ge=0, description="0 disables periodic eval.")] = 0
-    guidance_scales: list[Annotated[float, Field(ge=0.0)]] = Field(
-        default_factory=lambda: [1.0, 3.0, 7.0]
+    interval_steps: Annotated[
+        int, Field(ge=0, description="Evaluate every N optimizer steps (0 disables).")
+    ] = 0
+    guidance_scales: Annotated[
+        list[Annotated[float, Field(ge=1.0, le=30.0)]],
+        Field(min_length=1, max_length=8, description="CFG scales; 1 is the plain conditional."),
+    ] = Field(default_factory=lambda: [1.0, 3.0, 7.0])
+    num_samples: Annotated[
+        int, Field(ge=2, description="Images generated per guidance scale (FID needs >= 10,000).")
+    ] = 30_000
+    metrics: Annotated[list[EvalMetric], Field(min_length=1)] = Field(
+        default_factory=lambda: list(EVAL_METRICS)
     )
-    num_samples: Annotated[PositiveInt, Field(description="Images generated per scale.")] = 30_000
-    metrics: list[EvalMetric] = Field(default_factory=lambda: list(EVAL_METRICS))
+    sampler: Annotated[SamplerName, Field(description="ddim or dpm-solver (DPM-Solver++ 2M).")] = (
+        "ddim"
+    )
+    num_inference_steps: Annotated[int, Field(ge=1, le=1000, description="Denoising steps.")] = 50
+    batch_size: Annotated[PositiveInt, Field(description="Images per GPU per sampling batch.")] = 16
+    seed: Annotated[
+        int, Field(ge=0, description="Sample i starts from noise seeded by (seed, i).")
+    ] = 0
+    use_ema: Annotated[bool, Field(description="Sample with the EMA weights when kept.")] = True
+    resolution: Annotated[
+        int | None,
+        Field(
+            ge=64,
+            le=2048,
+            multiple_of=8,
+            description="Image size; default data.train's (the trained size).",
+        ),
+    ] = None
+    fid_feature_extractor: Annotated[
+        str | None,
+        Field(
+            description="FID features: a local Inception weights file "
+            "(pt_inception-2015-12-05-6726825d.pth) or a `dtj data synth` feature folder; "
+            "null: torch-fidelity's Inception, fetched once into the torch hub cache."
+        ),
+    ] = None
+    clip_model: Annotated[
+        str, Field(min_length=1, description="Hugging Face id or local folder of the CLIP model.")
+    ] = DEFAULT_CLIP_MODEL
+    num_grid_images: Annotated[
+        int, Field(ge=0, le=64, description="Fixed eval prompts drawn per scale in the grid PNG.")
+    ] = 8
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_steps > 0
 
 
 class CheckpointConfig(Section):
@@ -207,6 +252,19 @@ class TrainerConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def check_eval_inputs(self) -> TrainerConfig:
+        if not self.eval.enabled:
+            return self
+        problems = missing_eval_inputs(self)
+        if problems:
+            raise ValueError(
+                "eval.intervalSteps > 0 needs "
+                + "; ".join(problems)
+                + ". Set them, or eval.intervalSteps: 0 to train without evaluation"
+            )
+        return self
+
+    @model_validator(mode="after")
     def check_micro_batch_fits(self) -> TrainerConfig:
         if self.training.micro_batch_size > self.training.global_batch_size:
             raise ValueError(
@@ -214,6 +272,22 @@ class TrainerConfig(Section):
                 "lower microBatchSize or raise globalBatchSize"
             )
         return self
+
+
+def missing_eval_inputs(config: TrainerConfig) -> list[str]:
+    """What evaluation needs and the config lacks, each with the field that supplies it."""
+    model, eval_data = config.model, config.data.eval
+    problems = []
+    if eval_data is None:
+        problems.append("data.eval (MDS shards of images or latents with captions)")
+    if not (model.vae or model.pretrained):
+        problems.append("model.vae or model.pretrained (the VAE that decodes samples)")
+    if eval_data is not None and eval_data.local == config.data.train.local:
+        problems.append("data.eval.local different from data.train.local (one cache each)")
+    raw_eval = eval_data is not None and not eval_data.precomputed_latents
+    if raw_eval and not (model.text_encoder or model.pretrained):
+        problems.append("model.textEncoder or model.pretrained (raw eval captions are encoded)")
+    return problems
 
 
 def check_batch_divisible(training: TrainingConfig, world_size: int) -> int:

@@ -2,7 +2,9 @@
 
 `write_synthetic_dataset(out)` writes, under `out`:
 - `raw/`      MDS: PNG image bytes + caption;
-- `encoders/` a tiny VAE, CLIP text encoder and tokenizer made from configs (fixed seed);
+- `encoders/` a tiny VAE, CLIP text encoder and tokenizer made from configs (fixed seed), and
+  the evaluation stand-ins: `clip/` (a tiny CLIP trained on the shapes, for CLIP score) and
+  `fid-features/` (a small random feature network for FID);
 - `latents/`  MDS: the same samples precomputed with those encoders.
 The same encoders later decode samples of a model trained on `latents/`.
 """
@@ -16,24 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from streaming import MDSWriter
 from streaming.base.local import LocalDataset
 
 from diffusion_trainer.data import RAW_COLUMNS, load_image_pixels
 from diffusion_trainer.data_precompute import iterate_batches, load_encoders, write_latent_records
 from diffusion_trainer.empty_caption import write_empty_caption
+from diffusion_trainer.fid_features import write_tiny_fid_features
+from diffusion_trainer.synthetic_shapes import CAPTION_WORDS, COLOURS, SHAPES, draw_shape
+from diffusion_trainer.tiny_clip import write_tiny_clip
 from diffusion_trainer.tiny_encoders import write_tiny_encoders
-
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 190, 60),
-    "blue": (40, 70, 220),
-    "yellow": (235, 210, 40),
-}
-SHAPES = ("circle", "square", "triangle")
-BACKGROUND = (24, 24, 24)
-CAPTION_WORDS = ("a", *COLOURS, *SHAPES)
 
 
 @dataclass
@@ -41,23 +36,6 @@ class SynthPaths:
     raw: Path
     encoders: Path
     latents: Path | None
-
-
-def draw_shape(shape: str, colour: str, resolution: int, rng: np.random.Generator) -> Image.Image:
-    image = Image.new("RGB", (resolution, resolution), BACKGROUND)
-    size = resolution * rng.uniform(0.45, 0.7)
-    cx, cy = (resolution / 2 + rng.uniform(-0.12, 0.12, 2) * resolution).tolist()
-    half = size / 2
-    box = (cx - half, cy - half, cx + half, cy + half)
-    draw = ImageDraw.Draw(image)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    else:
-        draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
-    return image
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -94,6 +72,7 @@ def write_synthetic_dataset(
     resolution: int = 64,
     seed: int = 0,
     with_latents: bool = True,
+    with_eval_models: bool = True,
     vae_downsample_factor: int = 8,
     vae_train_steps: int = 0,
 ) -> SynthPaths:
@@ -109,6 +88,9 @@ def write_synthetic_dataset(
         vae_downsample_factor=vae_downsample_factor,
         vae_train_steps=vae_train_steps,
     )
+    if with_eval_models:
+        write_tiny_clip(paths.encoders / "clip", seed, resolution=resolution)
+        write_tiny_fid_features(paths.encoders / "fid-features", seed)
     if with_latents:
         paths.latents = out / "latents"
         encoders = load_encoders(str(paths.encoders), str(paths.encoders), torch.device("cpu"))

@@ -7,6 +7,9 @@ to DTensors, which torch.distributed.checkpoint reshards on load like the model 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch.distributed.tensor import DTensor
 
@@ -50,3 +53,17 @@ class ShardedEma:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name, shadow in zip(self.names, self.shadows, strict=True):
             to_local(shadow).copy_(to_local(state[name]))
+
+    @contextmanager
+    def swapped_into_model(self) -> Iterator[None]:
+        """The EMA weights in the model inside the block (sampling), the trained ones after;
+        costs one copy of this rank's shards."""
+        with torch.no_grad():
+            shadows, params = self._local_pairs()
+            trained = [param.clone() for param in params]
+            torch._foreach_copy_(params, shadows)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, trained)

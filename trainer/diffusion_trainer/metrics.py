@@ -217,11 +217,25 @@ class TrainerTelemetry:
         with self.lock:
             self.state["activity"] = activity
 
-    def on_eval(self, fid: dict[float, float], clip_score: dict[float, float]) -> None:
-        for scale, value in fid.items():
-            self._set(self.metrics.eval_fid, value, guidance_scale=str(scale))
-        for scale, value in clip_score.items():
-            self._set(self.metrics.eval_clip, value, guidance_scale=str(scale))
+    def on_eval(self, result: dict[str, Any], report: str | None) -> None:
+        """An evaluation's results (EvalResult.to_json): gauges per guidance scale, and
+        /progress's `eval` (latest values, step, grid) for status.eval."""
+        for scale, value in result["fid"].items():
+            self._set(self.metrics.eval_fid, value, guidance_scale=scale)
+        for scale, value in result["clipScore"].items():
+            self._set(self.metrics.eval_clip, value, guidance_scale=scale)
+        latest = {
+            "step": result["step"],
+            "fid": result["fid"],
+            "clipScore": result["clipScore"],
+            "numSamples": result["numSamples"],
+            "seconds": result["seconds"],
+            "grid": result["grid"],
+            "report": report,
+            "time": utc_now(),
+        }
+        with self.lock:
+            self.state["eval"] = latest
 
     def _record_gpu_memory(self) -> None:
         import torch

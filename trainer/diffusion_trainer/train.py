@@ -30,6 +30,7 @@ from diffusion_trainer.distributed import (
     shutdown_runtime,
     sum_across_ranks,
 )
+from diffusion_trainer.eval_online import OnlineEval
 from diffusion_trainer.export import export_diffusers, export_path
 from diffusion_trainer.fault_injection import (
     FaultInjection,
@@ -41,7 +42,6 @@ from diffusion_trainer.interval import IntervalStats, StepOutcome
 from diffusion_trainer.loop_health import LoopHealth
 from diffusion_trainer.metrics import TrainerTelemetry
 from diffusion_trainer.model import text_embedding_dim
-from diffusion_trainer.objective import build_noise_scheduler
 from diffusion_trainer.optim import clip_gradients
 from diffusion_trainer.parallelize import set_gradient_sync
 from diffusion_trainer.preemption import StopRequest
@@ -101,6 +101,9 @@ class TrainingLoop:
         self.optimizer_timer = SpanTimer(runtime.device)
         self.resumer = Resumer(config, self.settings, runtime, self.store, components, telemetry)
         self.health = LoopHealth(self.settings, runtime, self.summarize, telemetry)
+        self.online_eval = OnlineEval(
+            config, runtime, components, health=self.health, stop=stop, telemetry=telemetry
+        )
 
     def resume(self) -> None:
         path = self.resumer.agree_on_resume_path()
@@ -269,6 +272,8 @@ class TrainingLoop:
                 stats = IntervalStats()
                 if ended is not None:
                     return ended
+            if self.online_eval.due(self.step):
+                stats.started_at += self.online_eval.run(self.step)  # not step time
             stopping = any_rank_true(self.stop.requested, self.runtime)
             if stopping or self.step % self.config.checkpoint.interval_steps == 0:
                 if (ended := self.check_skips()) is not None:
@@ -316,11 +321,11 @@ class TrainingLoop:
         export_diffusers(
             self.c.unet,
             self.c.ema,
-            build_noise_scheduler(self.config.model),
+            self.config.model,
             destination,
             self.runtime,
         )
-        log.info("exported diffusers folders to %s", destination)
+        log.info("exported the diffusers pipeline folder to %s", destination)
         return destination
 
     def summarize(

@@ -1,0 +1,87 @@
+"""Offline evaluation of one checkpoint: load its U-Net (and EMA), evaluate, report."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+from diffusion_trainer.assemble import build_model
+from diffusion_trainer.checkpoint import (
+    TRAINER_STATE_FILE,
+    CheckpointStorageError,
+    CheckpointStore,
+    decode_train_state,
+    join_uri,
+    make_reader,
+)
+from diffusion_trainer.config import TrainerConfig
+from diffusion_trainer.distributed import Runtime, init_runtime, shutdown_runtime
+from diffusion_trainer.ema import ShardedEma
+from diffusion_trainer.eval_cli import is_diffusers_folder
+from diffusion_trainer.eval_setup import build_evaluator
+from diffusion_trainer.model import load_pretrained_unet, text_embedding_dim
+
+log = logging.getLogger("diffusion_trainer")
+STEP_IN_NAME = re.compile(r"step-(\d+)")
+
+
+def step_from_name(path: str) -> int:
+    match = STEP_IN_NAME.search(path.rstrip("/").rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else 0
+
+
+def load_training_checkpoint(
+    config: TrainerConfig, path: str, runtime: Runtime
+) -> tuple[Any, ShardedEma | None, int]:
+    """The sharded U-Net (and EMA, when saved) of a committed checkpoint; no optimizer."""
+    store = CheckpointStore(path.rstrip("/").rsplit("/", 1)[0])
+    if not store.is_committed(path):
+        raise CheckpointStorageError(f"{path} is not a committed checkpoint (no commit marker)")
+    state = decode_train_state(store.read_json(join_uri(path, TRAINER_STATE_FILE)))
+    unet = build_model(config, runtime)
+    ema_config = config.model.ema
+    ema = ShardedEma(unet, ema_config.decay if ema_config else 0.9999, 0) if state.has_ema else None
+    tensors: dict[str, Any] = {"model": get_model_state_dict(unet)}
+    if ema is not None:
+        tensors["ema"] = ema.state_dict()
+    dcp.load(tensors, storage_reader=make_reader(path))
+    set_model_state_dict(unet, tensors["model"])
+    if ema is not None:
+        ema.load_state_dict(tensors["ema"])
+    return unet, ema, state.step
+
+
+def load_unet_for_eval(
+    config: TrainerConfig, checkpoint: str, runtime: Runtime
+) -> tuple[Any, ShardedEma | None, int]:
+    if is_diffusers_folder(checkpoint):
+        # An export's unet/ already holds the EMA weights.
+        unet = load_pretrained_unet(checkpoint).to(runtime.device)
+        return unet, None, step_from_name(checkpoint)
+    return load_training_checkpoint(config, checkpoint, runtime)
+
+
+def evaluate_checkpoint(
+    config: TrainerConfig, checkpoint: str, out_dir: str, stats_root: str
+) -> dict[str, Any] | None:
+    runtime = init_runtime()
+    try:
+        unet, ema, step = load_unet_for_eval(config, checkpoint, runtime)
+        log.info("evaluating %s (step %d) on %d process(es)", checkpoint, step, runtime.world_size)
+        evaluator = build_evaluator(
+            config,
+            runtime,
+            text_embedding_dim(dict(unet.config)),
+            stats_root,
+            show_progress=True,
+        )
+        result = evaluator.evaluate(unet, ema, step, out_dir)
+        if result is None:
+            return None
+        return {**result.to_json(), "report": result.report, "checkpoint": checkpoint}
+    finally:
+        shutdown_runtime()
