@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition")
     crd.set_defaults(func=print_crd)
     sub.add_parser("data", help="dataset tools (dtj data --help)", add_help=False)
+    sub.add_parser("eval", help="FID/CLIP of a checkpoint (dtj eval --help)", add_help=False)
     add_logs_parser(sub)
     return parser
 
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from diffusion_trainer.cli import run_data_command
 
         return run_data_command(argv[1:])
+    if argv[:1] == ["eval"]:
+        from diffusion_trainer.eval_cli import run_eval_command
+
+        return run_eval_command(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

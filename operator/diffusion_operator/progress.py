@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from diffusion_operator.status_types import CheckpointStatus
+from diffusion_operator.status_types import CheckpointStatus, EvalStatus
 
 
 def format_eta(seconds: float | None) -> str | None:
@@ -92,3 +92,14 @@ def newer_checkpoint(
     if current is not None and current.step is not None and current.step >= step:
         return None
     return CheckpointStatus(latest_uri=uri, step=step, time=time if isinstance(time, str) else None)
+
+
+def newer_eval(current: EvalStatus | None, reading: dict[str, Any]) -> EvalStatus | None:
+    """status.eval from the reading, if it reports an evaluation status does not show yet."""
+    latest = reading.get("eval")
+    if not isinstance(latest, dict):
+        return None
+    fresh = EvalStatus.model_validate(latest)
+    if current is not None and (current.step, current.time) == (fresh.step, fresh.time):
+        return None
+    return fresh

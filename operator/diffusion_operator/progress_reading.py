@@ -25,6 +25,23 @@ class CheckpointReading(BaseModel):
     time: Annotated[str, Field(max_length=64)] | None = None
 
 
+ScaleKey = Annotated[str, Field(max_length=16)]
+Uri = Annotated[str, Field(min_length=1, max_length=2048)]
+
+
+class EvalReading(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    step: Count
+    fid: Annotated[dict[ScaleKey, Number], Field(max_length=8)] = {}
+    clip_score: Annotated[dict[ScaleKey, Number], Field(max_length=8, alias="clipScore")] = {}
+    num_samples: Annotated[Count | None, Field(alias="numSamples")] = None
+    seconds: Number | None = None
+    grid: Uri | None = None
+    report: Uri | None = None
+    time: Annotated[str, Field(max_length=64)] | None = None
+
+
 class ProgressReading(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
@@ -35,6 +52,7 @@ class ProgressReading(BaseModel):
     eta_seconds: Annotated[Number | None, Field(alias="etaSeconds")] = None
     activity: Activity | None = None
     checkpoint: CheckpointReading | None = None
+    eval: EvalReading | None = None
 
 
 def parse_reading(raw: Any) -> tuple[ProgressReading, list[str]]:

@@ -39,6 +39,7 @@ from diffusion_operator.progress import (
     keep_last_good,
     mark_stale,
     newer_checkpoint,
+    newer_eval,
     progress_from_reading,
 )
 from diffusion_operator.progress_poller import ProgressPoller
@@ -274,6 +275,9 @@ def read_progress(plan: Plan, owner: Owner, poller: ProgressPoller | None) -> No
     checkpoint = newer_checkpoint(plan.status.checkpoint, values)
     if checkpoint:
         plan.status.checkpoint = checkpoint
+    evaluation = newer_eval(plan.status.eval, values)
+    if evaluation:
+        plan.status.eval = evaluation
 
 
 def record_metrics(plan: Plan, observed: Observed, owner: Owner) -> None:

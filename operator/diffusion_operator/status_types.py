@@ -57,6 +57,28 @@ class CheckpointStatus(Section):
     time: str | None = None
 
 
+class EvalStatus(Section):
+    """The latest evaluation the trainer reported."""
+
+    step: Annotated[int | None, Field(description="Optimizer step of the evaluated weights.")] = (
+        None
+    )
+    fid: Annotated[
+        dict[str, float] | None, Field(description="FID per guidance scale (lower is better).")
+    ] = None
+    clip_score: Annotated[
+        dict[str, float] | None,
+        Field(description="CLIP score per guidance scale (higher is better)."),
+    ] = None
+    num_samples: Annotated[int | None, Field(description="Images generated per scale.")] = None
+    seconds: Annotated[float | None, Field(description="How long the evaluation took.")] = None
+    grid: Annotated[
+        str | None, Field(description="PNG of samples: a row per scale, a column per prompt.")
+    ] = None
+    report: Annotated[str | None, Field(description="report.json with the settings used.")] = None
+    time: str | None = None
+
+
 class FailureRecord(Section):
     attempt: int
     reason: Annotated[str, Field(description="CamelCase cause, e.g. PreemptionByScheduler.")]
@@ -156,6 +178,7 @@ class DiffusionTrainingJobStatus(Section):
     rollback: Rollback | None = None
     progress: Progress | None = None
     checkpoint: CheckpointStatus | None = None
+    eval: EvalStatus | None = None
     goodput: Goodput | None = None
     incidents: Annotated[
         list[Incident] | None, Field(max_length=10, description="The latest failures.")

@@ -1,4 +1,5 @@
-"""Progress from a real trainer process reaches status.progress and `kubectl get dtj`."""
+"""Progress and evaluations from a real trainer process reach status.progress, status.eval
+and `kubectl get dtj`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,10 +23,10 @@ METRICS_PORT = 9400
 
 
 @pytest.fixture(scope="module")
-def tiny_latents(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from diffusion_trainer.data_synth import write_synthetic_dataset
 
-    return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_samples=64, seed=1).latents
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_samples=64, seed=1)
 
 
 def read_progress() -> dict | None:
@@ -34,11 +36,25 @@ def read_progress() -> dict | None:
 
 
 @pytest.fixture
-def running_trainer(tiny_latents: Path, tmp_path: Path):
-    """A real single-process trainer run that keeps training while the test looks at it."""
+def running_trainer(tiny_synth: Any, tmp_path: Path):
+    """A real single-process trainer run that keeps training (and evaluating every 3 steps)
+    while the test looks at it."""
+    encoders = tiny_synth.encoders
     config = {
-        "model": {"unet": "tiny"},
-        "data": {"train": {"local": str(tiny_latents), "resolution": 64, "numWorkers": 0}},
+        "model": {"unet": "tiny", "vae": str(encoders), "textEncoder": str(encoders)},
+        "data": {
+            "train": {"local": str(tiny_synth.latents), "resolution": 64, "numWorkers": 0},
+            "eval": {"local": str(tiny_synth.raw), "precomputedLatents": False},
+        },
+        "eval": {
+            "intervalSteps": 3,
+            "guidanceScales": [1.0, 4.0],
+            "numSamples": 4,
+            "numInferenceSteps": 2,
+            "numGridImages": 2,
+            "clipModel": str(encoders / "clip"),
+            "fidFeatureExtractor": str(encoders / "fid-features"),
+        },
         "training": {
             "globalBatchSize": 4,
             "microBatchSize": 4,
@@ -102,6 +118,14 @@ def test_progress_fills_status_and_goes_stale_when_the_trainer_stops(
         "status.checkpoint naming a committed checkpoint of rank 0",
     )
     assert checkpoint["step"] >= 2
+
+    evaluation = wait_until(
+        lambda: dtjs.status("watched").get("eval"), 120, "status.eval from rank 0's evaluation"
+    )
+    assert evaluation["step"] % 3 == 0
+    assert set(evaluation["fid"]) == set(evaluation["clipScore"]) == {"1.0", "4.0"}
+    assert evaluation["numSamples"] == 4
+    assert Path(evaluation["grid"]).is_file()
 
     row = control_plane.kubectl("get", "dtj", "watched", "-n", dtjs.namespace, "--no-headers")
     columns = row.split()

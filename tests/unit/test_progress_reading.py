@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from diffusion_operator.progress import keep_last_good
+from diffusion_operator.progress import keep_last_good, newer_eval
 from diffusion_operator.progress_reading import MAX_COUNT, parse_reading
 
 
@@ -43,6 +43,9 @@ def test_a_good_reading_passes_whole():
         ("activity", "dancing"),
         ("checkpoint", {"step": 3, "uri": ""}),
         ("checkpoint", "step-3"),
+        ("eval", {"step": 5, "fid": {"1.0": float("nan")}}),
+        ("eval", {"step": 5, "clipScore": {"1.0": "high"}}),
+        ("eval", {"fid": {"1.0": 3.0}}),  # no step: which weights?
     ],
 )
 def test_a_bad_field_is_dropped_and_named(field, value):
@@ -74,3 +77,29 @@ def test_dropped_fields_keep_their_last_good_values():
     fresh = {"step": None, "loss": 0.3, "imagesPerSecond": None}
     assert keep_last_good(current, fresh) == {"step": 5, "loss": 0.3, "imagesPerSecond": 1.0}
     assert keep_last_good(None, fresh) == fresh
+
+
+EVAL_READING = {
+    "step": 20,
+    "fid": {"1.0": 31.5, "3.0": 18.25},
+    "clipScore": {"1.0": 24.0, "3.0": 27.5},
+    "numSamples": 1000,
+    "seconds": 12.5,
+    "grid": "/ckpt/eval/step-00000020/grid.png",
+    "report": "/ckpt/eval/step-00000020/report.json",
+    "time": "2026-11-30T12:00:00Z",
+}
+
+
+def test_an_evaluation_reaches_status_once():
+    reading, problems = parse_reading({"step": 21, "eval": EVAL_READING})
+    assert problems == []
+    values = reading.model_dump(by_alias=True, exclude_none=True)
+    status = newer_eval(None, values)
+    assert status is not None
+    assert status.step == 20 and status.fid == {"1.0": 31.5, "3.0": 18.25}
+    assert status.clip_score == {"1.0": 24.0, "3.0": 27.5}
+    assert status.grid == EVAL_READING["grid"]
+    assert newer_eval(status, values) is None  # unchanged: no status write
+    later = {**EVAL_READING, "step": 30, "time": "2026-11-30T13:00:00Z"}
+    assert newer_eval(status, {"eval": later}).step == 30

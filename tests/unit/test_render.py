@@ -15,8 +15,29 @@ def spec_of(**fields) -> DiffusionTrainingJobSpec:
     return DiffusionTrainingJobSpec.model_validate({"image": "trainer:1", **fields})
 
 
+NO_EVAL = {"intervalSteps": 0}
+EVAL_INPUTS = {
+    "model": {"vae": "stabilityai/stable-diffusion-2-base"},
+    "data": {"eval": {"remote": "s3://bucket/coco", "local": "/tmp/coco"}},
+}
+
+
+def test_a_preset_that_evaluates_needs_eval_data_and_a_vae():
+    with pytest.raises(ConfigError, match=r"data\.eval .*model\.vae.*eval\.intervalSteps: 0"):
+        render_trainer_config(spec_of(preset="sd2-base-256"), "j", "ns", "/c")
+    config = render_trainer_config(spec_of(preset="sd2-base-256", **EVAL_INPUTS), "j", "ns", "/c")
+    assert config.eval.interval_steps == 10_000
+    assert config.data.eval is not None and config.data.eval.remote == "s3://bucket/coco"
+
+
+def test_eval_data_needs_its_own_cache_directory():
+    inputs = {**EVAL_INPUTS, "data": {"train": {"local": "/cache"}, "eval": {"local": "/cache"}}}
+    with pytest.raises(ConfigError, match=r"data\.eval\.local different from data\.train\.local"):
+        render_trainer_config(spec_of(preset="sd2-base-256", **inputs), "j", "ns", "/c")
+
+
 def test_explicit_fields_override_the_preset():
-    spec = spec_of(preset="sd2-base-256", training={"maxSteps": 1000, "lr": 5e-5})
+    spec = spec_of(preset="sd2-base-256", training={"maxSteps": 1000, "lr": 5e-5}, eval=NO_EVAL)
     config = render_trainer_config(spec, "job", "ns", "/ckpt/ns/job")
     assert config.training.max_steps == 1000
     assert config.training.lr == 5e-5
@@ -27,14 +48,14 @@ def test_explicit_fields_override_the_preset():
 
 
 def test_sd2_512_preset_turns_on_ema():
-    config = render_trainer_config(spec_of(preset="sd2-base-512"), "j", "ns", "/c")
+    config = render_trainer_config(spec_of(preset="sd2-base-512", eval=NO_EVAL), "j", "ns", "/c")
     assert config.model.ema is not None
     assert config.model.ema.decay == 0.9999
     assert config.data.train.resolution == 512
 
 
 def test_a_preset_ema_can_be_turned_off():
-    spec = spec_of(preset="sd2-base-512", model={"ema": {"enabled": False}})
+    spec = spec_of(preset="sd2-base-512", model={"ema": {"enabled": False}}, eval=NO_EVAL)
     config = render_trainer_config(spec, "j", "ns", "/c")
     assert config.model.ema is not None
     assert config.model.ema.enabled is False
@@ -50,7 +71,7 @@ def test_without_preset_trainer_defaults_apply():
 
 
 def test_indivisible_batch_names_the_field():
-    spec = spec_of(preset="sd2-base-256", resources={"nodes": 3})
+    spec = spec_of(preset="sd2-base-256", resources={"nodes": 3}, eval=NO_EVAL)
     with pytest.raises(ConfigError, match=r"spec\.training\.globalBatchSize"):
         render_trainer_config(spec, "j", "ns", "/c")
 
