@@ -59,7 +59,9 @@ started=$(date +%s)
 # A fresh run: earlier checkpoints would make the job resume instead of train.
 rm -rf "$pv_dir/checkpoints" "$DTJ_LOCALNODE_DIR"
 
-if [ ! -f "$pv_dir/synthetic/latents/index.json" ]; then
+synth_done="$pv_dir/synthetic/encoders/fid-features/fid_features.json"  # absent before evaluation
+if [ ! -f "$synth_done" ] || [ ! -f "$pv_dir/synthetic/latents/index.json" ]; then
+  rm -rf "$pv_dir/synthetic"
   log "creating the synthetic dataset (background) in $pv_dir/synthetic"
   start_bg synth .venv/bin/dtj data synth --out "$pv_dir/synthetic" --num-samples 64
 fi
@@ -82,7 +84,7 @@ wait_until "pvc Bound" kubectl wait --for=jsonpath='{.status.phase}'=Bound --tim
 if [ -f "$pids_dir/synth.pid" ]; then
   while kill -0 "$(cat "$pids_dir/synth.pid")" 2>/dev/null; do sleep 1; done
   rm -f "$pids_dir/synth.pid"
-  [ -f "$pv_dir/synthetic/latents/index.json" ] || { cat "$logs_dir/synth.log"; exit 1; }
+  [ -f "$synth_done" ] || { cat "$logs_dir/synth.log"; exit 1; }
 fi
 
 log "kubectl apply -f manifests/examples/$job.yaml"
@@ -104,7 +106,10 @@ log "rank 0 loss (dtj logs $job --rank 0):"
 checkpoints="$pv_dir/checkpoints/$job"
 log "checkpoints:      $(ls -d "$checkpoints"/step-* 2>/dev/null | tr '\n' ' ')"
 log "exported model:   $(ls -d "$checkpoints"/export/step-* 2>/dev/null | tr '\n' ' ')"
-log "sample images:    none (the tiny-cpu preset disables eval); training images: $pv_dir/synthetic/raw"
+evaluation="$(kubectl get dtj "$job" -o jsonpath='{.status.eval}')"
+log "evaluation:       ${evaluation:-none reported} (status.eval)"
+log "sample grid:      $(ls "$checkpoints"/eval/step-*/grid.png 2>/dev/null | tail -1) (a row per guidance scale)"
+log "training images:  $pv_dir/synthetic/raw"
 log "logs:             dtj logs $job --rank 0|1 (state in $DTJ_LOCALNODE_DIR), $logs_dir/*.log"
 log "finished in $(( $(date +%s) - started )) s with phase ${phase:-unknown}"
 [ "$phase" = Succeeded ]

@@ -105,6 +105,7 @@ def build_evaluator(
         if "clip" in eval_config.metrics
         else None,
         feature_description=describe_features(eval_config.fid_feature_extractor),
+        use_bf16=device.type == "cuda" and config.training.precision == "bf16",
     )
     eval_set = EvalSet(
         eval_data,

@@ -53,6 +53,7 @@ class EvalModels:
     fid: Any | None  # FrechetInceptionDistance
     clip: Any | None  # CLIPScore
     feature_description: str = ""
+    use_bf16: bool = False  # autocast the U-Net (GPUs, training.precision bf16)
 
 
 @dataclass
@@ -244,15 +245,16 @@ class Evaluator:
         noise = initial_noise(indices, self.config.seed, (channels, size, size)).to(device)
         unconditional = self.models.unconditional.expand(len(indices), -1, -1)
         scheduler = build_inference_scheduler(self.model_config, self.config.sampler)
-        latents = sample_latents(
-            unet,
-            scheduler,
-            noise,
-            text=text,
-            unconditional=unconditional,
-            guidance_scale=scale,
-            num_inference_steps=self.config.num_inference_steps,
-        )
+        with bf16_autocast(self.models.use_bf16):
+            latents = sample_latents(
+                unet,
+                scheduler,
+                noise,
+                text=text,
+                unconditional=unconditional,
+                guidance_scale=scale,
+                num_inference_steps=self.config.num_inference_steps,
+            )
         return decode_to_uint8(self.models.vae, latents, self.models.latent_scale)
 
     def write_outputs(
@@ -286,6 +288,13 @@ class Evaluator:
             "clipModel": config.clip_model if "clip" in config.metrics else None,
             "evalData": self.eval_set.describe(),
         }
+
+
+def bf16_autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """The U-Net's matmuls in bf16 (already so under FSDP2's bf16 mixed precision)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def format_metric(value: float | None) -> str:
