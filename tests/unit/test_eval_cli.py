@@ -46,9 +46,7 @@ def test_raw_data_without_a_text_encoder_names_the_flags(tmp_path: Path) -> None
 
 
 def test_out_of_range_guidance_is_refused() -> None:
-    args = build_eval_parser().parse_args(
-        ["--checkpoint", "/c", "--data", "s3://b", "--layout", "latents", "--vae", "v"]
-        + ["--guidance-scales", "0.5"]
-    )
+    base = ["--checkpoint", "/c", "--data", "s3://b", "--layout", "latents", "--vae", "v"]
+    args = build_eval_parser().parse_args([*base, "--guidance-scales", "0.5"])
     with pytest.raises(ConfigError, match="guidance_scales"):
         eval_config_from_args(args)
