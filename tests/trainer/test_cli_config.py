@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ def mds_dir(tmp_path: Path) -> Path:
         ),
         ({"training": {"globalBatchSize": 10, "microBatchSize": 4}}, "globalBatchSize"),
         ({"model": {"zeroTerminalSnr": True}}, "model.predictionType: v_prediction"),
+        ({"eval": {"intervalSteps": 10}}, "data.eval"),
+        ({"eval": {"guidanceScales": [0.5]}}, "eval.guidanceScales"),
     ],
 )
 def test_bad_config_exits_2_naming_the_field(
@@ -85,6 +88,31 @@ def test_bad_config_exits_2_naming_the_field(
     result = run_cli(config, tmp_path)
     assert result.returncode == CONFIG_ERROR, result.stderr
     assert "config error" in result.stderr
+    assert field in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("eval_section", "field"),
+    [
+        ({}, "data.eval.local"),
+        ({"clipModel": "/nonexistent/clip"}, "eval.clipModel"),
+        ({"fidFeatureExtractor": "/nonexistent/inception.pth"}, "eval.fidFeatureExtractor"),
+    ],
+)
+def test_missing_eval_inputs_fail_at_start_not_at_the_first_evaluation(
+    tmp_path: Path, mds_dir: Path, eval_section: dict[str, Any], field: str
+) -> None:
+    config = tiny_config(mds_dir)
+    config["model"]["vae"] = "stabilityai/stable-diffusion-2-base"
+    eval_data = tmp_path / "eval-data"
+    if eval_section:  # a valid eval set of its own: each dataset needs its own cache
+        eval_data.mkdir()
+        shutil.copy(mds_dir / "index.json", eval_data)
+    config["data"]["eval"] = {"local": str(eval_data)}
+    config["eval"] = {"intervalSteps": 10, **eval_section}
+    result = run_cli(config, tmp_path)
+    assert result.returncode == CONFIG_ERROR, result.stderr
     assert field in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from diffusion_trainer.config import ConfigError, TrainerConfig, check_batch_divisible
+from diffusion_trainer.config import (
+    ConfigError,
+    DatasetConfig,
+    TrainerConfig,
+    check_batch_divisible,
+)
 from diffusion_trainer.fault_injection import read_fault_injection
 from diffusion_trainer.resilience import read_resilience_settings
 
@@ -54,16 +59,34 @@ def check_model(config: TrainerConfig) -> None:
             )
 
 
-def check_local_dataset(config: TrainerConfig) -> None:
-    train = config.data.train
-    if train.remote is not None:
+def check_local_dataset(dataset: DatasetConfig, field: str) -> None:
+    if dataset.remote is not None:
         return
-    index = Path(train.local) / "index.json"
+    index = Path(dataset.local) / "index.json"
     if not index.is_file():
         raise ConfigError(
-            f"data.train.local={train.local!r} holds no MDS dataset (no index.json) and "
-            "data.train.remote is not set"
+            f"{field}.local={dataset.local!r} holds no MDS dataset (no index.json) and "
+            f"{field}.remote is not set"
         )
+
+
+def looks_local(source: str) -> bool:
+    """A filesystem path rather than a hub id ("org/name")."""
+    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
+
+
+def check_eval_sources(config: TrainerConfig) -> None:
+    """Evaluation runs hours into training: a missing local input must fail now, not then."""
+    eval_config = config.eval
+    if not eval_config.enabled or config.data.eval is None:
+        return
+    check_local_dataset(config.data.eval, "data.eval")
+    sources = {"eval.fidFeatureExtractor": eval_config.fid_feature_extractor}
+    if "clip" in eval_config.metrics:
+        sources["eval.clipModel"] = eval_config.clip_model
+    for field, source in sources.items():
+        if source is not None and looks_local(source) and not Path(source).expanduser().exists():
+            raise ConfigError(f"{field}={source!r} does not exist; stage the weights there")
 
 
 def check_checkpoint_backend(config: TrainerConfig) -> None:
@@ -88,7 +111,8 @@ def preflight(config: TrainerConfig) -> int:
         num_accum = check_batch_divisible(config.training, env_world_size())
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    check_local_dataset(config)
+    check_local_dataset(config.data.train, "data.train")
+    check_eval_sources(config)
     check_checkpoint_backend(config)
     read_resilience_settings()  # DTJ_* fault-tolerance variables: a bad one is a config error
     read_fault_injection()
