@@ -34,7 +34,8 @@ REAL_STATE_NAMES = ("real_features_sum", "real_features_cov_sum", "real_features
 def load_clip(source: str) -> tuple[CLIPModel, CLIPProcessor]:
     """A CLIP model and its processor from a local folder or a hub id (HF_HUB_OFFLINE aware)."""
     model = load_component(CLIPModel, source, "")
-    processor = load_component(CLIPProcessor, source, "")
+    # The slow (PIL) image processor: the reference CLIP preprocessing, and what is saved.
+    processor = load_component(CLIPProcessor, source, "", use_fast=False)
     return model.eval().requires_grad_(False), processor
 
 
