@@ -43,6 +43,9 @@ def build_fid(source: str | None, device: torch.device) -> FrechetInceptionDista
     fid = FrechetInceptionDistance(
         reset_real_features=False, normalize=False, **fid_feature_arguments(source)
     )
+    # Set by update() only: a rank whose share is all padding (numSamples < world size) would
+    # fail compute() without it.
+    fid.orig_dtype = torch.float32
     return fid.to(device)
 
 
