@@ -163,6 +163,7 @@ class Evaluator:
                 clear_real_stats(fid)
             self.real_stats_ready = True
             return True
+        clear_real_stats(fid)  # what an abandoned earlier attempt left
         with self.progress(len(self.batches), "real images") as bar:
             for indices in self.batches:
                 if should_stop():
