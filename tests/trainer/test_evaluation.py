@@ -59,6 +59,37 @@ def test_fid_is_zero_for_a_set_against_itself_and_large_for_a_different_set(
     assert only_red > 5.0
 
 
+def captioned_images(seed: int, num: int = 48) -> tuple[torch.Tensor, list[str]]:
+    """Every colour x shape pair in turn, with its caption."""
+    rng = np.random.default_rng(seed)
+    pairs = [(COLOURS_LIST[i % 4], SHAPES[(i // 4) % len(SHAPES)]) for i in range(num)]
+    images = [np.asarray(draw_shape(shape, colour, 64, rng)) for colour, shape in pairs]
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return pixels, [f"a {colour} {shape}" for colour, shape in pairs]
+
+
+COLOURS_LIST = list(COLOURS)
+
+
+@pytest.mark.slow
+def test_clip_score_ranks_matching_captions_above_shuffled_ones(synth_dataset: Any) -> None:
+    """The tiny CLIP `dtj data synth` trains, scored through torchmetrics' CLIPScore on fresh
+    images: captions that describe the image score clearly higher than captions of another
+    colour and shape."""
+    from diffusion_trainer.eval_metrics import build_clip_score
+
+    images, captions = captioned_images(seed=21)
+    # Shifting by 5 pairs gives every image a caption of another colour and another shape.
+    mismatched = captions[5:] + captions[:5]
+    assert all(a != b for a, b in zip(captions, mismatched, strict=True))
+    scores = {}
+    for name, texts in (("matching", captions), ("mismatched", mismatched)):
+        metric = build_clip_score(str(synth_dataset.encoders / "clip"), torch.device("cpu"))
+        metric.update(images, texts)
+        scores[name] = float(metric.compute())
+    assert scores["matching"] > scores["mismatched"] + 10.0, scores
+
+
 def test_guidance_scale_one_is_the_plain_conditional_prediction() -> None:
     torch.manual_seed(0)
     unet = build_unet(load_unet_config("tiny", resolution=64)).eval()
