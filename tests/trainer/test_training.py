@@ -128,6 +128,22 @@ def test_accumulating_across_processes_matches_one_process(
     assert_losses_match(run.losses, reference_run.losses)
 
 
+def test_coarse_units_resharding_every_forward_match_the_default_sharding(
+    tmp_path: Path, make_config: Callable[..., dict[str, Any]], reference_run: TrainerRun
+) -> None:
+    """The reference runs the defaults (a unit per ResNet/transformer layer, weights kept
+    gathered through the 2 accumulated micro-batches); a unit per block, gathered again for
+    every forward and backward, computes the same steps."""
+    config = make_config(
+        tmp_path / "ckpt",
+        training={"fsdpUnits": "blocks", "reshardAfterForward": True, "maxSteps": 4},
+    )
+    run = run_in_process(config)
+    assert run.returncode == 0
+    assert sorted(run.losses) == [1, 2, 3, 4]
+    assert_losses_match(run.losses, reference_run.losses)
+
+
 def test_sigterm_writes_final_checkpoint_and_fails_the_pod(
     stopped_two_process_run: TrainerRun,
 ) -> None:

@@ -130,7 +130,22 @@ class TrainingConfig(Section):
     grad_clip_norm: Annotated[
         float | None, Field(gt=0.0, description="Clip gradients to this norm (null disables).")
     ] = 1.0
-    compile: Annotated[bool, Field(description="torch.compile each U-Net block.")] = False
+    compile: Annotated[bool, Field(description="torch.compile each sharding unit.")] = False
+    fsdp_units: Annotated[
+        Literal["layers", "blocks"],
+        Field(
+            description="FSDP2 sharding (and compile) units: each ResNet and transformer layer "
+            "(better overlap, lower peak memory) or each down/mid/up block."
+        ),
+    ] = "layers"
+    reshard_after_forward: Annotated[
+        bool,
+        Field(
+            description="Free gathered weights after every forward (least memory, weights "
+            "gathered twice per micro-batch); false keeps them from the first forward to the "
+            "last backward of a step: one all-gather per optimizer step."
+        ),
+    ] = False
     activation_checkpointing: bool = False
     channels_last: bool = True
     seed: Annotated[int, Field(ge=0)] = 17

@@ -34,6 +34,7 @@ from diffusion_trainer.eval_metrics import (
     real_stats_key,
     set_real_state,
 )
+from diffusion_trainer.parallelize import reshard_everywhere
 from diffusion_trainer.sampling import decode_to_uint8, initial_noise, sample_latents
 from diffusion_trainer.schedulers import build_inference_scheduler
 
@@ -132,13 +133,17 @@ class Evaluator:
 
     @contextlib.contextmanager
     def sampling_weights(self, unet: Any, ema: ShardedEma | None) -> Iterator[None]:
+        """The EMA (when used) in the shards, gathered afresh; afterwards the trained weights,
+        and no gathered copy of the EMA left for the next training forward."""
         was_training = unet.training
         unet.eval()
         swap = ema.swapped_into_model() if ema is not None and self.config.use_ema else None
+        reshard_everywhere(unet)
         try:
             with swap or contextlib.nullcontext():
                 yield
         finally:
+            reshard_everywhere(unet)
             unet.train(was_training)
 
     def progress(self, total: int, description: str) -> Any:

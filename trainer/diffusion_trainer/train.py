@@ -43,7 +43,7 @@ from diffusion_trainer.loop_health import LoopHealth
 from diffusion_trainer.metrics import TrainerTelemetry
 from diffusion_trainer.model import text_embedding_dim
 from diffusion_trainer.optim import clip_gradients
-from diffusion_trainer.parallelize import set_gradient_sync
+from diffusion_trainer.parallelize import set_micro_batch_mode
 from diffusion_trainer.preemption import StopRequest
 from diffusion_trainer.report import (
     EXIT_ERROR,
@@ -124,9 +124,11 @@ class TrainingLoop:
         loss_total = torch.zeros((), device=device)
         data_wait_s = 0.0
         for micro in range(self.num_accum):
-            # Reduce-scatter gradients once per step, after the last micro-batch, instead of
-            # once per micro-batch; costs one unsharded fp32 gradient copy of memory.
-            set_gradient_sync(self.c.unet, micro == self.num_accum - 1)
+            set_micro_batch_mode(
+                self.c.unet,
+                is_last=micro == self.num_accum - 1,
+                keep_gathered=not self.config.training.reshard_after_forward,
+            )
             waited_from = time.perf_counter()
             batch = self.c.loader.next_batch()
             data_wait_s += time.perf_counter() - waited_from
