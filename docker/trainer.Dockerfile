@@ -22,10 +22,10 @@ RUN uv python install "${PYTHON_VERSION}"
 WORKDIR /src
 # Dependencies first (the large layer), so that source edits reuse it.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --extra trainer --no-install-project
+RUN uv sync --frozen --no-dev --extra trainer --extra cloud --no-install-project
 COPY operator ./operator
 COPY trainer ./trainer
-RUN uv sync --frozen --no-dev --extra trainer --no-editable
+RUN uv sync --frozen --no-dev --extra trainer --extra cloud --no-editable
 
 FROM ${CUDA_BASE_IMAGE}
 LABEL org.opencontainers.image.title="diffusion-trainer" \

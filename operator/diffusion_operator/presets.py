@@ -16,6 +16,9 @@ _SD2_BASE_TRAINING = {
     "compile": True,
     "channelsLast": True,
 }
+# A fixed canonical node count keeps the sample order (and exact resumption) when the job is
+# resized; MosaicML's LAION runs use 64.
+_SD2_DATA = {"precomputedLatents": True, "captionDropProb": 0.1, "numCanonicalNodes": 64}
 _SD2_EVAL = {"intervalSteps": 10_000, "guidanceScales": [1.0, 3.0, 7.0], "numSamples": 30_000}
 
 # MosaicML's SD-2-base recipe: 550k steps at 256px, then 850k at 512px with EMA; bf16 instead of
@@ -23,7 +26,7 @@ _SD2_EVAL = {"intervalSteps": 10_000, "guidanceScales": [1.0, 3.0, 7.0], "numSam
 PRESETS: dict[str, dict[str, Any]] = {
     "sd2-base-256": {
         "model": {"unet": "sd2-base", "predictionType": "epsilon"},
-        "data": {"train": {"precomputedLatents": True, "resolution": 256, "captionDropProb": 0.1}},
+        "data": {"train": {**_SD2_DATA, "resolution": 256}},
         "training": {**_SD2_BASE_TRAINING, "maxSteps": 550_000},
         "eval": _SD2_EVAL,
         "checkpoint": {"intervalSteps": 5_000, "keepLast": 3},
@@ -34,7 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "predictionType": "epsilon",
             "ema": {"decay": 0.9999, "startStep": 0},
         },
-        "data": {"train": {"precomputedLatents": True, "resolution": 512, "captionDropProb": 0.1}},
+        "data": {"train": {**_SD2_DATA, "resolution": 512}},
         "training": {**_SD2_BASE_TRAINING, "maxSteps": 850_000},
         "eval": _SD2_EVAL,
         "checkpoint": {"intervalSteps": 5_000, "keepLast": 3},

@@ -213,3 +213,47 @@ def test_data_command_synth_and_precompute(tmp_path: Path) -> None:
     assert len(latents) == 12 and latents[0]["latents"].shape == (4, 8, 8)
     empty = np.load(tmp_path / "latents" / EMPTY_CAPTION_FILE)
     assert empty.shape == latents[0]["text_hidden"].shape and empty.dtype == np.float16
+
+
+def test_streaming_options_reach_streaming_dataset(synth_dataset: Any, tmp_path: Path) -> None:
+    """Cache limit, predownload, retries, canonical nodes and shuffle settings from the config;
+    a mixture of two streams by proportion; no cache limit on local-only data (Streaming would
+    evict the dataset itself)."""
+    import shutil
+
+    second = shutil.copytree(synth_dataset.latents, tmp_path / "second")
+    config = DatasetConfig(
+        streams=[
+            {
+                "remote": str(synth_dataset.latents),
+                "local": str(tmp_path / "cache-a"),
+                "proportion": 3,
+            },
+            {"local": str(second), "proportion": 1},
+        ],
+        cache_limit="2gb",
+        predownload=64,
+        download_retry=5,
+        download_timeout_seconds=12.5,
+        num_canonical_nodes=4,
+        shuffle_algo="py1s",
+        shuffle_block_size=1024,
+    )
+    dataset: Any = build_streaming_dataset(config, micro_batch_size=4, seed=1, tokenizer=None)
+    assert dataset.cache_limit == 2 * 1024**3  # Streaming counts in binary units
+    assert dataset.predownload == 64
+    assert dataset.num_canonical_nodes == 4
+    assert (dataset.shuffle_algo, dataset.shuffle_block_size) == ("py1s", 1024)
+    assert [stream.proportion for stream in dataset.streams] == [0.75, 0.25]  # normalised
+    assert [stream.download_retry for stream in dataset.streams] == [5, 5]
+    assert [stream.download_timeout for stream in dataset.streams] == [12.5, 12.5]
+    local_only = DatasetConfig(local=str(second), cache_limit="2gb")
+    del dataset
+    assert build_streaming_dataset(local_only, 4, 1, None).cache_limit is None
+
+
+def test_a_mixture_needs_proportions_on_every_stream_or_none() -> None:
+    with pytest.raises(ValueError, match="proportion on every stream"):
+        DatasetConfig(streams=[{"local": "/a", "proportion": 1}, {"local": "/b"}])
+    with pytest.raises(ValueError, match="replaces remote"):
+        DatasetConfig(remote="s3://x", streams=[{"local": "/a"}])

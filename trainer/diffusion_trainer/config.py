@@ -80,8 +80,23 @@ class ModelConfig(Section):
     ] = None
 
 
+ShuffleAlgo = Literal["py1e", "py1br", "py1b", "py1s", "py2s", "naive"]
+ByteSize = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?\s*(b|kb|mb|gb|tb)$")]
+
+
+class StreamConfig(Section):
+    """One MDS dataset of a mixture."""
+
+    remote: Annotated[str | None, Field(description="s3://, gs:// or path of the shards.")] = None
+    local: Annotated[str, Field(min_length=1, description="This stream's own cache directory.")]
+    proportion: Annotated[
+        float | None,
+        Field(gt=0.0, description="Relative share of each epoch (set on every stream or none)."),
+    ] = None
+
+
 class DatasetConfig(Section):
-    """One MosaicML Streaming (MDS) dataset."""
+    """One MosaicML Streaming (MDS) dataset, or a mixture of several (`streams`)."""
 
     remote: Annotated[
         str | None,
@@ -90,6 +105,10 @@ class DatasetConfig(Section):
     local: Annotated[
         str, Field(min_length=1, description="Local cache directory (or the shards themselves).")
     ] = "/tmp/dtj-data"
+    streams: Annotated[
+        list[StreamConfig] | None,
+        Field(min_length=1, description="A mixture of datasets by proportion; replaces remote."),
+    ] = None
     precomputed_latents: Annotated[
         bool,
         Field(description="Shards hold VAE latents and text hidden states, not images/captions."),
@@ -100,6 +119,48 @@ class DatasetConfig(Section):
     ] = 0.1
     shuffle: bool = True
     num_workers: Annotated[int, Field(ge=0, le=64, description="DataLoader workers.")] = 4
+    cache_limit: Annotated[
+        ByteSize | None,
+        Field(description="Evict downloaded shards beyond this (e.g. 100gb); remote data only."),
+    ] = "100gb"
+    predownload: Annotated[
+        int | None, Field(ge=1, description="Samples to fetch ahead per worker (8 x batch).")
+    ] = None
+    download_retry: Annotated[int, Field(ge=0, le=20, description="Retries per shard.")] = 2
+    download_timeout_seconds: Annotated[
+        float, Field(gt=0.0, description="Timeout per shard download.")
+    ] = 60.0
+    num_canonical_nodes: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Streaming's canonical node count (e.g. 64): fixed, the sample order "
+            "survives resizing the job; null: the first run's node count.",
+        ),
+    ] = None
+    shuffle_algo: Annotated[ShuffleAlgo, Field(description="Streaming's shuffle algorithm.")] = (
+        "py1e"
+    )
+    shuffle_block_size: Annotated[
+        int | None, Field(ge=1, description="Shuffle block size (null: Streaming's default).")
+    ] = None
+
+    @model_validator(mode="after")
+    def check_streams(self) -> DatasetConfig:
+        if not self.streams:
+            return self
+        if self.remote is not None:
+            raise ValueError("streams replaces remote: set one of them")
+        with_proportion = [s.proportion is not None for s in self.streams]
+        if any(with_proportion) and not all(with_proportion):
+            raise ValueError("streams: set proportion on every stream or on none")
+        if len({s.local for s in self.streams}) < len(self.streams):
+            raise ValueError("streams: every stream needs its own local directory")
+        return self
+
+    def sources(self) -> list[StreamConfig]:
+        """Where the shards are: the streams, or remote/local as one stream."""
+        return self.streams or [StreamConfig(remote=self.remote, local=self.local)]
 
 
 class DataConfig(Section):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from streaming import StreamingDataLoader, StreamingDataset
+from streaming import Stream, StreamingDataLoader, StreamingDataset
 from transformers import CLIPTokenizer
 
 from diffusion_trainer.config import DatasetConfig
@@ -86,6 +86,34 @@ class ImageCaptionDataset(StreamingDataset):
         }
 
 
+def streaming_arguments(config: DatasetConfig, batch_size: int) -> dict[str, Any]:
+    """StreamingDataset's keyword arguments for the data source, cache and downloads."""
+    sources = config.sources()
+    # A limit on local-only data would make Streaming evict (delete) the dataset itself.
+    has_remote = any(source.remote is not None for source in sources)
+    cache_limit = config.cache_limit.replace(" ", "") if has_remote and config.cache_limit else None
+    where: dict[str, Any] = (
+        {
+            "streams": [
+                Stream(remote=s.remote, local=s.local, proportion=s.proportion) for s in sources
+            ]
+        }
+        if config.streams
+        else {"remote": config.remote, "local": config.local}
+    )
+    return {
+        **where,
+        "batch_size": batch_size,
+        "predownload": config.predownload or 8 * batch_size,  # Streaming's default, said aloud
+        "cache_limit": cache_limit,
+        "download_retry": config.download_retry,
+        "download_timeout": config.download_timeout_seconds,
+        "num_canonical_nodes": config.num_canonical_nodes,
+        "shuffle_algo": config.shuffle_algo,
+        "shuffle_block_size": config.shuffle_block_size,
+    }
+
+
 def build_streaming_dataset(
     config: DatasetConfig,
     micro_batch_size: int,
@@ -93,12 +121,10 @@ def build_streaming_dataset(
     tokenizer: CLIPTokenizer | None,
 ) -> StreamingDataset:
     common: dict[str, Any] = {
-        "local": config.local,
-        "remote": config.remote,
+        # Streaming partitions each epoch by the per-rank batch size: it must be the micro batch.
+        **streaming_arguments(config, micro_batch_size),
         "shuffle": config.shuffle,
         "shuffle_seed": seed,
-        # Streaming partitions each epoch by the per-rank batch size: it must be the micro batch.
-        "batch_size": micro_batch_size,
     }
     if config.precomputed_latents:
         return LatentDataset(**common)

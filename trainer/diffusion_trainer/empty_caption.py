@@ -39,9 +39,10 @@ def load_empty_caption(dataset: DatasetConfig) -> torch.Tensor | None:
     """The stored embedding (fetched from `remote` the way Streaming fetches shards, into
     `local`), or None: dropped captions then fall back to zeros, which a sampler must mirror
     with zero negative prompt embeddings."""
-    local = Path(dataset.local) / EMPTY_CAPTION_FILE
-    if dataset.remote and not local.exists():
-        fetch(f"{dataset.remote.rstrip('/')}/{EMPTY_CAPTION_FILE}", local)
+    source = dataset.sources()[0]  # a mixture's streams share one text encoder
+    local = Path(source.local) / EMPTY_CAPTION_FILE
+    if source.remote and not local.exists():
+        fetch(f"{source.remote.rstrip('/')}/{EMPTY_CAPTION_FILE}", local)
     if local.exists():
         return torch.from_numpy(np.load(local))
     log.warning(

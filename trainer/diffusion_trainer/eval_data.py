@@ -19,7 +19,7 @@ import torch
 from streaming import StreamingDataset
 
 from diffusion_trainer.config import DatasetConfig
-from diffusion_trainer.data import load_image_pixels
+from diffusion_trainer.data import load_image_pixels, streaming_arguments
 from diffusion_trainer.encoders import TextEncoder
 from diffusion_trainer.sampling import pixels_to_uint8
 
@@ -50,9 +50,7 @@ class EvalSet:
         self.device = device
         self.vae = vae
         self.text_encoder = text_encoder
-        self.dataset = StreamingDataset(
-            local=config.local, remote=config.remote, shuffle=False, batch_size=batch_size
-        )
+        self.dataset = StreamingDataset(**streaming_arguments(config, batch_size), shuffle=False)
         if not config.precomputed_latents and text_encoder is None:
             raise ValueError("raw eval data needs model.textEncoder (or model.pretrained)")
 
@@ -62,8 +60,7 @@ class EvalSet:
     def describe(self) -> dict[str, Any]:
         """What identifies the real images (for the statistics cache)."""
         return {
-            "remote": self.config.remote,
-            "local": self.config.local,
+            "sources": [source.model_dump() for source in self.config.sources()],
             "numSamples": len(self),
             "latents": self.config.precomputed_latents,
             "resolution": self.resolution,

@@ -60,14 +60,13 @@ def check_model(config: TrainerConfig) -> None:
 
 
 def check_local_dataset(dataset: DatasetConfig, field: str) -> None:
-    if dataset.remote is not None:
-        return
-    index = Path(dataset.local) / "index.json"
-    if not index.is_file():
-        raise ConfigError(
-            f"{field}.local={dataset.local!r} holds no MDS dataset (no index.json) and "
-            f"{field}.remote is not set"
-        )
+    for number, source in enumerate(dataset.sources()):
+        where = f"{field}.streams[{number}]" if dataset.streams else field
+        if source.remote is None and not (Path(source.local) / "index.json").is_file():
+            raise ConfigError(
+                f"{where}.local={source.local!r} holds no MDS dataset (no index.json) and "
+                f"{where}.remote is not set"
+            )
 
 
 def looks_local(source: str) -> bool:

@@ -128,7 +128,7 @@ def write_tiny_clip(
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
     # Train through the processor as it reloads, so training sees what CLIPScore will feed.
-    processor = CLIPProcessor.from_pretrained(out_dir)
+    processor = CLIPProcessor.from_pretrained(out_dir, use_fast=False)
     ids = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
