@@ -22,7 +22,7 @@ from diffusion_trainer.eval_metrics import build_fid
 from diffusion_trainer.evaluate import shard_indices
 from diffusion_trainer.fid_features import write_tiny_fid_features
 from diffusion_trainer.model import build_unet, load_unet_config
-from diffusion_trainer.sampling import initial_noise, predict_guided
+from diffusion_trainer.sampling import initial_noise, predict_guided, sample_latents
 from diffusion_trainer.synthetic_shapes import COLOURS, SHAPES, draw_shape
 
 GUIDANCE_SCALES = [1.0, 3.0]
@@ -107,6 +107,34 @@ def test_guidance_scale_one_is_the_plain_conditional_prediction() -> None:
     assert torch.equal(guided_one, conditional)
     expected = plain + 3.0 * (conditional - plain)
     torch.testing.assert_close(guided_three, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_samplers_run_on_the_training_schedule(sampler: str, prediction_type: str) -> None:
+    from diffusion_trainer.config import ModelConfig
+    from diffusion_trainer.schedulers import build_inference_scheduler
+
+    model = ModelConfig(prediction_type=prediction_type)
+    scheduler = build_inference_scheduler(model, sampler)
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert (scheduler.config.beta_start, scheduler.config.beta_end) == (0.00085, 0.012)
+    assert scheduler.config.prediction_type == prediction_type
+    torch.manual_seed(0)
+    unet = build_unet(load_unet_config("tiny", resolution=64)).eval()
+    noise = initial_noise([0, 1], seed=0, latent_shape=(4, 8, 8))
+    text = torch.randn(2, 77, 64)
+    latents = sample_latents(
+        unet,
+        scheduler,
+        noise,
+        text=text,
+        unconditional=torch.zeros_like(text),
+        guidance_scale=3.0,
+        num_inference_steps=4,
+    )
+    assert latents.shape == noise.shape and torch.isfinite(latents).all()
+    assert not torch.allclose(latents, noise)
 
 
 def test_eval_noise_depends_only_on_the_seed_and_the_sample_index() -> None:
