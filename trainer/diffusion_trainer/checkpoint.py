@@ -38,7 +38,14 @@ COMMIT_MARKER = ".committed"
 ROLLBACK_MARKER = ".rolled-back"
 TRAINER_STATE_FILE = "trainer_state.json"
 STEP_DIR_PATTERN = re.compile(r"^step-(\d{8})$")
-FSSPEC_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}
+FSSPEC_PACKAGES = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+}
 
 
 class CheckpointStorageError(RuntimeError):
