@@ -111,11 +111,13 @@ def build_loader(config: TrainerConfig, runtime: Runtime) -> TrainLoader:
 
 def agree_on_empty_caption(config: TrainerConfig, runtime: Runtime) -> torch.Tensor | None:
     """Rank 0 loads it and every rank trains on that one: a fetch that failed on one node
-    must not make its ranks learn another unconditional input."""
+    must not make its ranks learn another unconditional input. Kept on the device in fp32,
+    uploaded once rather than every micro-batch."""
     if not config.data.train.precomputed_latents:
         return None
     loaded = load_empty_caption(config.data.train) if runtime.is_main else None
-    return broadcast_from_main(loaded, runtime)
+    agreed: torch.Tensor | None = broadcast_from_main(loaded, runtime)
+    return None if agreed is None else agreed.to(runtime.device, torch.float32)
 
 
 def build_components(config: TrainerConfig, runtime: Runtime) -> Components:
