@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -219,8 +220,6 @@ def test_streaming_options_reach_streaming_dataset(synth_dataset: Any, tmp_path:
     """Cache limit, predownload, retries, canonical nodes and shuffle settings from the config;
     a mixture of two streams by proportion; no cache limit on local-only data (Streaming would
     evict the dataset itself)."""
-    import shutil
-
     second = shutil.copytree(synth_dataset.latents, tmp_path / "second")
     config = DatasetConfig(
         streams=[
@@ -257,3 +256,36 @@ def test_a_mixture_needs_proportions_on_every_stream_or_none() -> None:
         DatasetConfig(streams=[{"local": "/a", "proportion": 1}, {"local": "/b"}])
     with pytest.raises(ValueError, match="replaces remote"):
         DatasetConfig(remote="s3://x", streams=[{"local": "/a"}])
+
+
+def test_noise_drawn_in_loader_workers_equals_noise_drawn_in_the_loop(
+    synth_dataset: Any, tmp_path: Path
+) -> None:
+    """Across an epoch boundary, with a worker process: the draws that come with each batch
+    are the ones the loop would draw for the same (seed, epoch, sample id)."""
+    from diffusion_trainer.data import NoiseSettings
+    from diffusion_trainer.objective import draw_sample_noise
+
+    local = shutil.copytree(synth_dataset.latents, tmp_path / "latents")
+    settings = NoiseSettings(seed=5, caption_drop_prob=0.5, offset_noise=0.1)
+    config = DatasetConfig(local=str(local), num_workers=1)
+    dataset = build_streaming_dataset(config, 32, seed=5, tokenizer=None, noise=settings)
+    loader = TrainLoader(dataset, 32, num_workers=1, pin_memory=False)
+    batches_per_epoch = len(dataset) // 32
+    epochs_seen = set()
+    for _ in range(batches_per_epoch + 2):
+        batch = loader.next_batch()
+        epochs_seen.add(batch.epoch)
+        expected = draw_sample_noise(
+            batch.sample_ids,
+            batch.epoch,
+            settings.seed,
+            tuple(batch.fields["latents"].shape[1:]),
+            caption_drop_prob=settings.caption_drop_prob,
+            offset_noise=settings.offset_noise,
+        )
+        assert (batch.fields["noise_epoch"] == batch.epoch).all()
+        assert torch.equal(batch.fields["noise"], expected.noise)
+        assert torch.equal(batch.fields["timestep"], expected.timesteps)
+        assert torch.equal(batch.fields["drop_caption"], expected.drop_caption)
+    assert epochs_seen == {0, 1}

@@ -10,7 +10,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from diffusion_trainer.config import TrainerConfig
-from diffusion_trainer.data import TrainLoader, build_streaming_dataset
+from diffusion_trainer.data import NoiseSettings, TrainLoader, build_streaming_dataset
 from diffusion_trainer.distributed import Runtime, broadcast_from_main
 from diffusion_trainer.ema import ShardedEma
 from diffusion_trainer.empty_caption import load_empty_caption
@@ -98,8 +98,13 @@ def build_loader(config: TrainerConfig, runtime: Runtime) -> TrainLoader:
         source = config.model.text_encoder or config.model.pretrained
         assert source is not None
         tokenizer = load_tokenizer(source)
+    noise = NoiseSettings(
+        seed=config.training.seed,
+        caption_drop_prob=train.caption_drop_prob,
+        offset_noise=config.model.offset_noise,
+    )
     dataset = build_streaming_dataset(
-        train, config.training.micro_batch_size, config.training.seed, tokenizer
+        train, config.training.micro_batch_size, config.training.seed, tokenizer, noise
     )
     return TrainLoader(
         dataset,

@@ -23,6 +23,7 @@ from transformers import CLIPTokenizer
 
 from diffusion_trainer.config import DatasetConfig
 from diffusion_trainer.encoders import tokenize_captions
+from diffusion_trainer.objective import draw_sample_noise
 
 LATENT_COLUMNS_BASE = {"latent_scale": "float32", "caption": "str"}
 RAW_COLUMNS = {"image": "bytes", "caption": "str"}
@@ -55,17 +56,55 @@ def load_image_pixels(data: bytes, resolution: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+@dataclass(frozen=True)
+class NoiseSettings:
+    """What a sample's random draws depend on besides its id and epoch."""
+
+    seed: int
+    caption_drop_prob: float
+    offset_noise: float
+
+
 class LatentDataset(StreamingDataset):
-    """Precomputed VAE latents and text hidden states."""
+    """Precomputed VAE latents and text hidden states, and, with `noise`, the sample's noise,
+    timestep and caption drop, drawn here in the loader workers instead of on the training
+    loop's thread (they depend only on the seed, the epoch and the sample id)."""
+
+    def __init__(self, *, noise: NoiseSettings | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.noise = noise
 
     # Streaming's iterator asks for one sample id at a time; that is all these support.
     def __getitem__(self, idx: int) -> dict[str, Any]:  # type: ignore[override]
         sample = super().__getitem__(idx)
-        return {
+        item = {
             "sample_id": idx,
             "latents": sample["latents"],  # numpy, read-only; stacked once by collate_samples
             "text_hidden": sample["text_hidden"],
             "latent_scale": float(sample["latent_scale"]),
+        }
+        if self.noise is not None:
+            item.update(self.draw_noise(idx, tuple(sample["latents"].shape)))
+        return item
+
+    def draw_noise(self, idx: int, latent_shape: tuple[int, ...]) -> dict[str, Any]:
+        # The epoch being iterated: Streaming sets next_epoch when an epoch's iteration starts.
+        # The loop checks it against its own count and draws again if they ever differ.
+        epoch = self.next_epoch - 1
+        assert self.noise is not None
+        draws = draw_sample_noise(
+            [idx],
+            epoch,
+            self.noise.seed,
+            (latent_shape[0], latent_shape[1], latent_shape[2]),
+            caption_drop_prob=self.noise.caption_drop_prob,
+            offset_noise=self.noise.offset_noise,
+        )
+        return {
+            "noise": draws.noise[0],
+            "timestep": draws.timesteps[0],
+            "drop_caption": draws.drop_caption[0],
+            "noise_epoch": epoch,
         }
 
 
@@ -119,6 +158,7 @@ def build_streaming_dataset(
     micro_batch_size: int,
     seed: int,
     tokenizer: CLIPTokenizer | None,
+    noise: NoiseSettings | None = None,
 ) -> StreamingDataset:
     common: dict[str, Any] = {
         # Streaming partitions each epoch by the per-rank batch size: it must be the micro batch.
@@ -127,7 +167,7 @@ def build_streaming_dataset(
         "shuffle_seed": seed,
     }
     if config.precomputed_latents:
-        return LatentDataset(**common)
+        return LatentDataset(noise=noise, **common)
     if tokenizer is None:
         raise ValueError("raw image data needs a tokenizer (model.textEncoder)")
     return ImageCaptionDataset(resolution=config.resolution, tokenizer=tokenizer, **common)

@@ -23,6 +23,12 @@ class MicroInputs:
 def draw_for_batch(
     batch: Batch, config: TrainerConfig, latent_shape: tuple[int, ...]
 ) -> SampleNoise:
+    """The loader workers' draws when they were made for this epoch, else drawn here."""
+    fields = batch.fields
+    if "noise" in fields and bool((fields["noise_epoch"] == batch.epoch).all()):
+        return SampleNoise(
+            noise=fields["noise"], timesteps=fields["timestep"], drop_caption=fields["drop_caption"]
+        )
     return draw_sample_noise(
         batch.sample_ids,
         batch.epoch,
