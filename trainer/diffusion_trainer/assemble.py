@@ -75,8 +75,7 @@ def build_model(config: TrainerConfig, runtime: Runtime) -> DiffusersModel:
 def build_online_encoders(config: TrainerConfig, runtime: Runtime) -> OnlineEncoders | None:
     if config.data.train.precomputed_latents:
         return None
-    vae_source = config.model.vae or config.model.pretrained
-    text_source = config.model.text_encoder or config.model.pretrained
+    vae_source, text_source = config.model.vae_source, config.model.text_encoder_source
     assert vae_source is not None and text_source is not None  # preflight checked
     on_gpu = runtime.device.type == "cuda"
     dtype = PARAM_DTYPES[config.training.precision] if on_gpu else torch.float32
@@ -95,7 +94,7 @@ def build_loader(config: TrainerConfig, runtime: Runtime) -> TrainLoader:
     train = config.data.train
     tokenizer = None
     if not train.precomputed_latents:
-        source = config.model.text_encoder or config.model.pretrained
+        source = config.model.text_encoder_source
         assert source is not None
         tokenizer = load_tokenizer(source)
     noise = NoiseSettings(

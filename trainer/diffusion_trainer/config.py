@@ -79,6 +79,14 @@ class ModelConfig(Section):
         EmaConfig | None, Field(description="EMA of the weights (null or enabled: false disables).")
     ] = None
 
+    @property
+    def vae_source(self) -> str | None:
+        return self.vae or self.pretrained
+
+    @property
+    def text_encoder_source(self) -> str | None:
+        return self.text_encoder or self.pretrained
+
 
 ShuffleAlgo = Literal["py1e", "py1br", "py1b", "py1s", "py2s", "naive"]
 ByteSize = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?\s*(b|kb|mb|gb|tb)$")]
@@ -356,12 +364,12 @@ def missing_eval_inputs(config: TrainerConfig) -> list[str]:
     problems = []
     if eval_data is None:
         problems.append("data.eval (MDS shards of images or latents with captions)")
-    if not (model.vae or model.pretrained):
+    if model.vae_source is None:
         problems.append("model.vae or model.pretrained (the VAE that decodes samples)")
     if eval_data is not None and eval_data.local == config.data.train.local:
         problems.append("data.eval.local different from data.train.local (one cache each)")
     raw_eval = eval_data is not None and not eval_data.precomputed_latents
-    if raw_eval and not (model.text_encoder or model.pretrained):
+    if raw_eval and model.text_encoder_source is None:
         problems.append("model.textEncoder or model.pretrained (raw eval captions are encoded)")
     return problems
 

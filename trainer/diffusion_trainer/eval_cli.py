@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from diffusion_trainer.config import (
 )
 from diffusion_trainer.report import EXIT_CONFIG_ERROR, EXIT_OK
 
-log = logging.getLogger("diffusion_trainer")
 EVAL_FLAGS = {  # flag -> the eval config field it sets
     "guidance_scales": "guidance_scales",
     "num_samples": "num_samples",
@@ -106,11 +104,12 @@ def eval_config_from_args(args: argparse.Namespace) -> TrainerConfig:
     folder = args.checkpoint if is_diffusers_folder(args.checkpoint) else None
     model: dict[str, Any] = {
         "unet": args.unet or base.model.unet,
-        "vae": args.vae or base.model.vae or (folder and base.model.pretrained) or folder,
-        "text_encoder": args.text_encoder or base.model.text_encoder or folder,
+        "vae": args.vae or base.model.vae_source or folder,
+        "text_encoder": args.text_encoder
+        or base.model.text_encoder
+        or folder
+        or base.model.pretrained,
     }
-    if base.model.pretrained:
-        model |= {key: model[key] or base.model.pretrained for key in ("vae", "text_encoder")}
     try:
         eval_config = base.eval.model_validate({**base.eval.model_dump(), **overrides})
         config = base.model_copy(

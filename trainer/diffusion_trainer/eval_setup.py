@@ -33,7 +33,7 @@ def needs_text_encoder(config: TrainerConfig) -> bool:
 
 
 def load_eval_text_encoder(config: TrainerConfig, device: torch.device) -> TextEncoder | None:
-    source = config.model.text_encoder or config.model.pretrained
+    source = config.model.text_encoder_source
     if source is None:
         return None
     return load_text_encoder(source, device, torch.float32)
@@ -85,7 +85,7 @@ def build_evaluator(
     eval_data, eval_config, device = config.data.eval, config.eval, runtime.device
     assert eval_data is not None, "config validation requires data.eval for evaluation"
     if vae is None:
-        vae_source = config.model.vae or config.model.pretrained
+        vae_source = config.model.vae_source
         assert vae_source is not None, "config validation requires a VAE for evaluation"
         vae = load_vae(vae_source, device, torch.float32)
     if text_encoder is None and needs_text_encoder(config):

@@ -33,17 +33,16 @@ def unet_from_state(config: dict[str, Any], state: dict[str, torch.Tensor]) -> A
 def missing_encoder_fields(model: ModelConfig) -> list[str]:
     """Config fields that would name the VAE / text encoder the pipeline lacks."""
     missing = []
-    if not (model.vae or model.pretrained):
+    if model.vae_source is None:
         missing.append("model.vae")
-    if not (model.text_encoder or model.pretrained):
+    if model.text_encoder_source is None:
         missing.append("model.textEncoder")
     return missing
 
 
 def assemble_pipeline(unet: Any, scheduler: Any, model: ModelConfig) -> Any:
     """The pipeline around `unet`, with the encoders loaded on CPU in fp32 (what ships)."""
-    vae_source = model.vae or model.pretrained
-    text_source = model.text_encoder or model.pretrained
+    vae_source, text_source = model.vae_source, model.text_encoder_source
     assert vae_source is not None and text_source is not None
     cpu = torch.device("cpu")
     text = load_text_encoder(text_source, cpu, torch.float32)
