@@ -28,7 +28,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from fsspec.implementations.local import LocalFileSystem
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from diffusion_trainer.distributed import Runtime, barrier
 from diffusion_trainer.ema import ShardedEma
@@ -77,6 +82,15 @@ def open_filesystem(uri: str) -> fsspec.AbstractFileSystem:
             f"install it (pip install {package}) or use a local/PVC path"
         ) from error
     return fs
+
+
+def write_bytes(uri: str, payload: bytes) -> None:
+    """One file at a local path (parent folders made) or an fsspec URI."""
+    filesystem = open_filesystem(uri)
+    if not has_scheme(uri):
+        filesystem.makedirs(str(Path(uri).parent), exist_ok=True)
+    with filesystem.open(uri, "wb") as handle:
+        handle.write(payload)
 
 
 @dataclass
@@ -177,10 +191,15 @@ def make_reader(path: str) -> dcp.StorageReader:
 
 
 def collect_tensor_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: ShardedEma | None
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, ema: ShardedEma | None
 ) -> dict[str, Any]:
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state: dict[str, Any] = {"model": model_state, "optim": optim_state}
+    """The DCP state; without an optimizer (evaluation) its entries are neither read nor set."""
+    state: dict[str, Any]
+    if optimizer is None:
+        state = {"model": get_model_state_dict(model)}
+    else:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optim": optim_state}
     if ema is not None:
         state["ema"] = ema.state_dict()
     return state
@@ -243,7 +262,7 @@ def load_checkpoint(
     store: CheckpointStore,
     path: str,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     ema: ShardedEma | None,
 ) -> TrainState:
     """Restore tensors in place (resharding as needed) and return the non-tensor state."""
@@ -253,9 +272,12 @@ def load_checkpoint(
     load_ema = ema is not None and state.has_ema
     tensors = collect_tensor_state(model, optimizer, ema if load_ema else None)
     dcp.load(tensors, storage_reader=make_reader(path))
-    set_state_dict(
-        model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optim"]
-    )
+    if optimizer is None:
+        set_model_state_dict(model, tensors["model"])
+    else:
+        set_state_dict(
+            model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optim"]
+        )
     if ema is not None:
         if load_ema:
             ema.load_state_dict(tensors["ema"])

@@ -14,7 +14,6 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.multimodal.clip_score import CLIPScore
 from transformers import CLIPModel, CLIPProcessor
 
-from diffusion_trainer.checkpoint import join_uri, open_filesystem
+from diffusion_trainer.checkpoint import join_uri, open_filesystem, write_bytes
 from diffusion_trainer.encoders import load_component
 from diffusion_trainer.fid_features import fid_feature_arguments
 
@@ -79,13 +78,9 @@ class RealStatsCache:
         return state
 
     def save(self, state: dict[str, torch.Tensor]) -> None:
-        filesystem = open_filesystem(self.path)
-        if "://" not in self.path:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save({name: value.cpu() for name, value in state.items()}, buffer)
-        with filesystem.open(self.path, "wb") as handle:
-            handle.write(buffer.getvalue())
+        write_bytes(self.path, buffer.getvalue())
 
 
 def real_state(fid: FrechetInceptionDistance) -> dict[str, torch.Tensor]:

@@ -6,18 +6,8 @@ import logging
 import re
 from typing import Any
 
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
 from diffusion_trainer.assemble import build_model
-from diffusion_trainer.checkpoint import (
-    TRAINER_STATE_FILE,
-    CheckpointStorageError,
-    CheckpointStore,
-    decode_train_state,
-    join_uri,
-    make_reader,
-)
+from diffusion_trainer.checkpoint import CheckpointStore, load_checkpoint
 from diffusion_trainer.config import TrainerConfig
 from diffusion_trainer.distributed import Runtime, init_runtime, shutdown_runtime
 from diffusion_trainer.ema import ShardedEma
@@ -36,22 +26,13 @@ def step_from_name(path: str) -> int:
 
 def load_training_checkpoint(
     config: TrainerConfig, path: str, runtime: Runtime
-) -> tuple[Any, ShardedEma | None, int]:
-    """The sharded U-Net (and EMA, when saved) of a committed checkpoint; no optimizer."""
+) -> tuple[Any, ShardedEma, int]:
+    """The sharded U-Net and EMA of a committed checkpoint, without its optimizer state. A
+    checkpoint without an EMA starts it from the weights, so sampling it samples those."""
     store = CheckpointStore(path.rstrip("/").rsplit("/", 1)[0])
-    if not store.is_committed(path):
-        raise CheckpointStorageError(f"{path} is not a committed checkpoint (no commit marker)")
-    state = decode_train_state(store.read_json(join_uri(path, TRAINER_STATE_FILE)))
     unet = build_model(config, runtime)
-    ema_config = config.model.ema
-    ema = ShardedEma(unet, ema_config.decay if ema_config else 0.9999, 0) if state.has_ema else None
-    tensors: dict[str, Any] = {"model": get_model_state_dict(unet)}
-    if ema is not None:
-        tensors["ema"] = ema.state_dict()
-    dcp.load(tensors, storage_reader=make_reader(path))
-    set_model_state_dict(unet, tensors["model"])
-    if ema is not None:
-        ema.load_state_dict(tensors["ema"])
+    ema = ShardedEma(unet, decay=0.9999, start_step=0)  # only its weights are used
+    state = load_checkpoint(store, path, unet, None, ema)
     return unet, ema, state.step
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from diffusion_trainer.checkpoint import join_uri, open_filesystem
+from diffusion_trainer.checkpoint import join_uri, write_bytes
 from diffusion_trainer.config import EvalConfig, ModelConfig
 from diffusion_trainer.distributed import Runtime, broadcast_from_main
 from diffusion_trainer.ema import ShardedEma
@@ -305,11 +305,3 @@ def bf16_autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
 
 def format_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def write_bytes(uri: str, payload: bytes) -> None:
-    filesystem = open_filesystem(uri)
-    if "://" not in uri:
-        filesystem.makedirs(uri.rsplit("/", 1)[0], exist_ok=True)
-    with filesystem.open(uri, "wb") as handle:
-        handle.write(payload)

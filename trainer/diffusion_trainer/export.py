@@ -17,6 +17,7 @@ rank 0 writes, staging locally and uploading with fsspec for remote (s3://, gs:/
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -63,15 +64,18 @@ def export_diffusers(
     weights = gather_full_state(model)
     ema_weights = gather_ema_state(ema, runtime) if ema is not None else None
     if runtime.is_main:
+        write = partial(
+            write_pipeline_folder,
+            unet_config=unet_config,
+            weights=weights,
+            ema_weights=ema_weights,
+            model=model_config,
+        )
         if has_scheme(destination):
             with tempfile.TemporaryDirectory() as staging:
-                write_pipeline_folder(
-                    Path(staging), unet_config, weights, ema_weights, model_config
-                )
+                write(Path(staging))
                 open_filesystem(destination).put(staging + "/", destination, recursive=True)
         else:
-            write_pipeline_folder(
-                Path(destination), unet_config, weights, ema_weights, model_config
-            )
+            write(Path(destination))
     barrier(runtime)
     return destination
