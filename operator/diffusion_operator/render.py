@@ -13,7 +13,7 @@ from diffusion_trainer.config import (
     ConfigError,
     RunInfo,
     TrainerConfig,
-    check_batch_divisible,
+    check_world_layout,
     format_validation_error,
 )
 
@@ -61,7 +61,7 @@ def render_trainer_config(
             format_validation_error(error).replace("trainer config", "spec")
         ) from error
     try:
-        check_batch_divisible(config.training, world_size(spec))
+        check_world_layout(config.training, world_size(spec), spec.processes_per_node)
     except ValueError as error:
         raise ConfigError(str(error).replace("training.", "spec.training.")) from error
     return config

@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
 from torch.distributed.tensor import DTensor
 
 from diffusion_trainer.config import TrainingConfig
 from diffusion_trainer.model import build_unet, load_unet_config
 from diffusion_trainer.parallelize import (
+    compile_units,
+    list_compile_units,
     list_shard_units,
     parallelize_unet,
     reshard_everywhere,
@@ -70,3 +73,18 @@ def test_resharding_after_forward_frees_weights_between_forward_and_backward(
     set_micro_batch_mode(unet, is_last=False, keep_gathered=False)
     forward_backward(unet)
     assert not is_gathered(layer)
+
+
+def test_every_sd2_layer_keeps_its_compiled_graph() -> None:
+    """SD-2-base's 38 layers share two `forward` code objects in many shapes; none may fall
+    back to eager at Dynamo's recompile limit (tracing only: the eager backend)."""
+    torch._dynamo.reset()
+    counters.clear()
+    unet = build_unet(load_unet_config("sd2-base", resolution=64))
+    compile_units(unet, "layers", backend="eager")
+    with torch.no_grad():
+        unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 77, 1024))
+    frames = counters["frames"]
+    assert len(list_compile_units(unet, "layers")) == 38
+    assert frames["total"] == frames["ok"] > 8, dict(frames)
+    torch._dynamo.reset()

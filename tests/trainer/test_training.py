@@ -128,6 +128,27 @@ def test_accumulating_across_processes_matches_one_process(
     assert_losses_match(run.losses, reference_run.losses)
 
 
+def test_hsdp_replicas_match_one_process_and_resume_under_fsdp(
+    tmp_path: Path, make_config: Callable[..., dict[str, Any]], reference_run: TrainerRun
+) -> None:
+    """HSDP with 2 replicas of 1 shard each (gradients all-reduced across the replicas, the
+    norm summed over the shard group only) computes the reference's steps; its checkpoint
+    resumes in one FSDP process, which goes on with the reference's losses."""
+    uri = tmp_path / "ckpt"
+    hsdp = make_config(
+        uri,
+        training={"microBatchSize": 4, "maxSteps": 4, "sharding": "hsdp", "hsdpShardSize": 1},
+    )
+    run = launch_trainer(tmp_path / "hsdp", hsdp, nproc=2)
+    assert run.returncode == 0, run.output[-3000:]
+    assert sorted(run.losses) == [1, 2, 3, 4]
+    assert_losses_match(run.losses, reference_run.losses)
+    resumed = run_in_process(make_config(uri, training={"maxSteps": 6}))
+    assert resumed.returncode == 0
+    assert sorted(resumed.losses) == [5, 6]
+    assert_losses_match(resumed.losses, reference_run.losses)
+
+
 def test_coarse_units_resharding_every_forward_match_the_default_sharding(
     tmp_path: Path, make_config: Callable[..., dict[str, Any]], reference_run: TrainerRun
 ) -> None:

@@ -76,6 +76,21 @@ def test_indivisible_batch_names_the_field():
         render_trainer_config(spec, "j", "ns", "/c")
 
 
+def test_hsdp_shard_groups_must_divide_the_world():
+    resources = {"nodes": 2, "gpusPerNode": 8}
+    hsdp = {"sharding": "hsdp"}
+    spec = spec_of(preset="sd2-base-256", resources=resources, training=hsdp, eval=NO_EVAL)
+    assert render_trainer_config(spec, "j", "ns", "/c").training.sharding == "hsdp"
+    bad = spec_of(
+        preset="sd2-base-256",
+        resources=resources,
+        training={"sharding": "hsdp", "hsdpShardSize": 6},
+        eval=NO_EVAL,
+    )
+    with pytest.raises(ConfigError, match=r"spec\.training\.hsdpShardSize=6 does not divide"):
+        render_trainer_config(bad, "j", "ns", "/c")
+
+
 def test_partial_models_keep_constraints_and_allow_omission():
     partial = make_partial(TrainingConfig)
     assert partial.model_validate({}).model_dump(exclude_none=True) == {}

@@ -11,7 +11,12 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from diffusion_trainer.config import TrainerConfig
 from diffusion_trainer.data import NoiseSettings, TrainLoader, build_streaming_dataset
-from diffusion_trainer.distributed import Runtime, broadcast_from_main
+from diffusion_trainer.distributed import (
+    Runtime,
+    broadcast_from_main,
+    build_training_mesh,
+    shard_group,
+)
 from diffusion_trainer.ema import ShardedEma
 from diffusion_trainer.empty_caption import load_empty_caption
 from diffusion_trainer.encoders import (
@@ -30,7 +35,7 @@ from diffusion_trainer.model import (
 )
 from diffusion_trainer.objective import DiffusionObjective
 from diffusion_trainer.optim import ShardLocalAdamW, build_lr_scheduler, build_optimizer
-from diffusion_trainer.parallelize import PARAM_DTYPES, parallelize_unet
+from diffusion_trainer.parallelize import PARAM_DTYPES, parallelize_unet, unet_mesh
 
 log = logging.getLogger("diffusion_trainer")
 
@@ -56,6 +61,8 @@ class Components:
     objective: DiffusionObjective
     loader: TrainLoader
     encoders: OnlineEncoders | None
+    # The ranks over which the gradient norm sums (HSDP's replicas hold copies).
+    norm_group: torch.distributed.ProcessGroup
     empty_caption: torch.Tensor | None = None  # precomputed latents: the encoded ""
 
 
@@ -69,7 +76,7 @@ def build_model(config: TrainerConfig, runtime: Runtime) -> DiffusersModel:
         resolution = config.data.train.resolution
         unet = build_unet(load_unet_config(config.model.unet, resolution))
     unet.train()
-    return parallelize_unet(unet, config.training, runtime.mesh)
+    return parallelize_unet(unet, config.training, build_training_mesh(runtime, config.training))
 
 
 def build_online_encoders(config: TrainerConfig, runtime: Runtime) -> OnlineEncoders | None:
@@ -142,5 +149,6 @@ def build_components(config: TrainerConfig, runtime: Runtime) -> Components:
         objective=DiffusionObjective(config.model, runtime.device),
         loader=build_loader(config, runtime),
         encoders=build_online_encoders(config, runtime),
+        norm_group=shard_group(unet_mesh(unet)),
         empty_caption=agree_on_empty_caption(config, runtime),
     )

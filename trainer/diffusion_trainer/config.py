@@ -200,6 +200,28 @@ class TrainingConfig(Section):
         float | None, Field(gt=0.0, description="Clip gradients to this norm (null disables).")
     ] = 1.0
     compile: Annotated[bool, Field(description="torch.compile each sharding unit.")] = False
+    compile_mode: Annotated[
+        Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"],
+        Field(
+            description="torch.compile mode when compile is on: reduce-overhead adds CUDA graphs "
+            "within each unit (FSDP2's collectives stay outside them)."
+        ),
+    ] = "default"
+    sharding: Annotated[
+        Literal["fsdp", "hsdp"],
+        Field(
+            description="fsdp shards the weights across every GPU; hsdp shards them within "
+            "groups of hsdpShardSize GPUs (a node) and replicates across groups, so only a "
+            "gradient all-reduce crosses nodes."
+        ),
+    ] = "fsdp"
+    hsdp_shard_size: Annotated[
+        PositiveInt | None,
+        Field(
+            description="GPUs per HSDP shard group (default: the GPUs of one node); must "
+            "divide the world size."
+        ),
+    ] = None
     fsdp_units: Annotated[
         Literal["layers", "blocks"],
         Field(
@@ -384,6 +406,26 @@ def check_batch_divisible(training: TrainingConfig, world_size: int) -> int:
             "choose a global batch size that is a multiple of it"
         )
     return training.global_batch_size // per_step
+
+
+def resolve_hsdp_shard_size(training: TrainingConfig, world_size: int, per_node: int) -> int:
+    """GPUs per HSDP shard group (`hsdpShardSize`, else a node's); it must divide the world."""
+    shard_size = training.hsdp_shard_size or per_node
+    if world_size % shard_size:
+        raise ValueError(
+            f"training.hsdpShardSize={shard_size} does not divide the world size {world_size}; "
+            "set it to a divisor of the world size (usually the GPUs of one node)"
+        )
+    return shard_size
+
+
+def check_world_layout(training: TrainingConfig, world_size: int, per_node: int) -> int:
+    """Gradient accumulation steps at this world size; ValueError naming the field if the
+    batch or the HSDP shard groups do not fit it."""
+    num_accum = check_batch_divisible(training, world_size)
+    if training.sharding == "hsdp":
+        resolve_hsdp_shard_size(training, world_size, per_node)
+    return num_accum
 
 
 class ConfigError(ValueError):

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from diffusion_trainer.config import TrainingConfig, resolve_hsdp_shard_size
+
 
 @dataclass
 class Runtime:
@@ -74,6 +76,27 @@ def init_runtime() -> Runtime:
     )
 
 
+def build_training_mesh(runtime: Runtime, training: TrainingConfig) -> DeviceMesh:
+    """The mesh the U-Net is sharded over: the world (fsdp), or replicas of shard groups of
+    consecutive ranks, which torchrun places on one node (hsdp)."""
+    if training.sharding == "fsdp":
+        return runtime.mesh
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    shard_size = resolve_hsdp_shard_size(training, runtime.world_size, per_node)
+    return init_device_mesh(
+        runtime.device.type,
+        (runtime.world_size // shard_size, shard_size),
+        mesh_dim_names=("replicate", "shard"),
+    )
+
+
+def shard_group(mesh: DeviceMesh) -> dist.ProcessGroup:
+    """The ranks that hold distinct shards of each parameter (replicas hold copies)."""
+    group = mesh["shard"].get_group() if mesh.ndim == 2 else mesh.get_group()
+    assert isinstance(group, dist.ProcessGroup)
+    return group
+
+
 def shutdown_runtime() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -84,6 +107,30 @@ def any_rank_true(flag: bool, runtime: Runtime) -> bool:
     tensor = torch.tensor([int(flag)], dtype=torch.int32)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=runtime.control_group)
     return bool(tensor.item())
+
+
+class StopVote:
+    """Whether any rank asked to stop, agreed without a wait in every step: each poll starts
+    an async all-reduce of this rank's flag on the control group and reads the one started at
+    the previous poll (finished a whole step ago). Every rank sees the same answer at the same
+    poll, one step after the request; a lone process answers at once."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.pending: tuple[Any, torch.Tensor] | None = None
+
+    def poll(self, requested: bool) -> bool:
+        if self.runtime.world_size == 1:
+            return requested
+        flag = torch.tensor([int(requested)], dtype=torch.int32)
+        work = dist.all_reduce(
+            flag, op=dist.ReduceOp.MAX, group=self.runtime.control_group, async_op=True
+        )
+        previous, self.pending = self.pending, (work, flag)
+        if previous is None:
+            return False
+        previous[0].wait()
+        return bool(previous[1].item())
 
 
 def broadcast_from_main(value: Any, runtime: Runtime) -> Any:

@@ -143,17 +143,20 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, training: TrainingConfi
 
 
 @torch.no_grad()
-def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
+def clip_gradients(
+    model: torch.nn.Module, max_norm: float | None, group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
     """Clip the global gradient norm (None: measure only); returns the norm before clipping,
     on the device, the same on every rank.
 
-    Works on the local gradient shards: FSDP shards every parameter once across the ranks
-    (no replicas), so the squared global norm is the sum over ranks of the local squares."""
+    Works on the local gradient shards: within `group` (the shard group; the world under
+    FSDP) every parameter is sharded once, so the squared global norm is the sum over the
+    group of the local squares. HSDP's replicas hold the same shards and are not counted."""
     grads = [to_local(p.grad) for p in model.parameters() if p.grad is not None]
     norms = torch._foreach_norm(grads, 2.0)
     total = torch.stack([norm.float() for norm in norms]).square().sum()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(total)
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(total, group=group)
     total = total.sqrt()
     if max_norm is None:
         return total

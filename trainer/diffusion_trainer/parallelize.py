@@ -1,6 +1,9 @@
 """Make the U-Net fast and sharded: SDPA, activation checkpointing, per-unit torch.compile,
 then FSDP2 `fully_shard` per unit, per block and on the root (torchtitan's order).
 
+On a 1-D mesh that is FSDP; on a 2-D (replicate, shard) mesh `fully_shard` is HSDP: shards
+within a node, gradients all-reduced across the replicas.
+
 Units are each ResNet and transformer layer (`fsdpUnits: layers`; SD2's largest up block alone
 holds 30% of the weights, too coarse to overlap its all-gather with compute) or each
 down/mid/up block. With `reshardAfterForward: false` the gathered weights stay from the first
@@ -17,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from diffusion_trainer.config import TrainingConfig
 from diffusion_trainer.model import DiffusersModel, use_sdpa_attention
@@ -58,10 +62,24 @@ def build_mixed_precision(precision: str) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy(param_dtype=PARAM_DTYPES[precision], reduce_dtype=torch.float32)
 
 
-def compile_units(unet: DiffusersModel, granularity: str) -> None:
+def allow_recompiles(num_units: int) -> None:
+    """Let Dynamo keep a graph for every unit. All ResNet layers share one `forward` code
+    object, and so do all transformer layers; past the default limit of 8 shapes per code
+    object Dynamo silently runs the remaining layers eagerly."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, num_units)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * num_units)
+
+
+def compile_units(
+    unet: DiffusersModel, granularity: str, mode: str = "default", backend: str = "inductor"
+) -> None:
+    units = list_compile_units(unet, granularity)
+    allow_recompiles(len(units))
     # Static shapes: every step has the same micro-batch and latent size.
-    for unit in list_compile_units(unet, granularity):
-        unit.compile(dynamic=False)
+    options = {"mode": mode} if backend == "inductor" else {}
+    for unit in units:
+        unit.compile(dynamic=False, backend=backend, **options)
 
 
 def shard_unet(unet: DiffusersModel, mesh: DeviceMesh, training: TrainingConfig) -> DiffusersModel:
@@ -87,8 +105,15 @@ def parallelize_unet(
     if training.activation_checkpointing:
         unet.enable_gradient_checkpointing()
     if training.compile:
-        compile_units(unet, training.fsdp_units)
+        compile_units(unet, training.fsdp_units, training.compile_mode)
     return shard_unet(unet, mesh, training)
+
+
+def unet_mesh(unet: torch.nn.Module) -> DeviceMesh:
+    """The device mesh the sharded U-Net's parameters live on."""
+    param = next(unet.parameters())
+    assert isinstance(param, DTensor), "the U-Net is not sharded"
+    return param.device_mesh
 
 
 def set_micro_batch_mode(model: torch.nn.Module, is_last: bool, keep_gathered: bool) -> None:

@@ -13,7 +13,7 @@ from diffusion_trainer.config import (
     ConfigError,
     DatasetConfig,
     TrainerConfig,
-    check_batch_divisible,
+    check_world_layout,
 )
 from diffusion_trainer.fault_injection import read_fault_injection
 from diffusion_trainer.resilience import read_resilience_settings
@@ -35,11 +35,20 @@ def apply_env_overrides(config: TrainerConfig) -> TrainerConfig:
     return config.model_copy(update={"run": run})
 
 
-def env_world_size() -> int:
-    value = os.environ.get("WORLD_SIZE", "1")
+def read_positive_env(name: str) -> int:
+    value = os.environ.get(name, "1")
     if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"WORLD_SIZE={value!r} must be a positive integer")
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
     return int(value)
+
+
+def env_world_size() -> int:
+    return read_positive_env("WORLD_SIZE")
+
+
+def env_local_world_size() -> int:
+    """Processes per node (torchrun's LOCAL_WORLD_SIZE)."""
+    return read_positive_env("LOCAL_WORLD_SIZE")
 
 
 def check_model(config: TrainerConfig) -> None:
@@ -107,7 +116,7 @@ def preflight(config: TrainerConfig) -> int:
     """Validate what depends on the environment; returns gradient accumulation steps."""
     check_model(config)
     try:
-        num_accum = check_batch_divisible(config.training, env_world_size())
+        num_accum = check_world_layout(config.training, env_world_size(), env_local_world_size())
     except ValueError as error:
         raise ConfigError(str(error)) from error
     check_local_dataset(config.data.train, "data.train")

@@ -25,6 +25,7 @@ from diffusion_trainer.checkpoint import CheckpointStore, TrainState, save_check
 from diffusion_trainer.config import TrainerConfig, check_batch_divisible
 from diffusion_trainer.distributed import (
     Runtime,
+    StopVote,
     any_rank_true,
     init_runtime,
     shutdown_runtime,
@@ -86,6 +87,7 @@ class TrainingLoop:
         self.runtime = runtime
         self.c = components
         self.stop = stop
+        self.stop_vote = StopVote(runtime)
         self.sinks = sinks
         self.store = CheckpointStore(config.checkpoint.uri)
         self.num_accum = check_batch_divisible(config.training, runtime.world_size)
@@ -156,7 +158,9 @@ class TrainingLoop:
 
     def apply_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The optimizer phase: clip, step, schedule, EMA; returns (grad norm, skipped)."""
-        grad_norm = clip_gradients(self.c.unet, self.config.training.grad_clip_norm)
+        grad_norm = clip_gradients(
+            self.c.unet, self.config.training.grad_clip_norm, self.c.norm_group
+        )
         # Same on every rank (the norm is global); counted on the device, no sync per step.
         skipped = (~torch.isfinite(grad_norm)).float()
         self.health.record_skipped(skipped)
@@ -276,7 +280,7 @@ class TrainingLoop:
                     return ended
             if self.online_eval.due(self.step):
                 stats.started_at += self.online_eval.run(self.step)  # not step time
-            stopping = any_rank_true(self.stop.requested, self.runtime)
+            stopping = self.stop_vote.poll(self.stop.requested)
             if stopping or self.step % self.config.checkpoint.interval_steps == 0:
                 if (ended := self.check_skips()) is not None:
                     return ended
