@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 TESTENV := tools/testenv
 
 .PHONY: help setup test test-unit test-cluster lint fmt typecheck testenv-build testenv-up \
-	testenv-down demo demo-down clean crd
+	testenv-down demo demo-down clean crd bench-gpu stage-gpu-wheels bench-gpu-rehearsal \
+	bench-loader bench-operator
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,6 +50,19 @@ demo: setup testenv-build  ## train the tiny job end to end on this machine (doc
 
 demo-down:  ## stop what an interrupted demo left running (by recorded PIDs)
 	@tools/localnode/demo.sh down
+
+bench-gpu:  ## on a GPU machine: GPU tests, step bench (ours vs stock), loader, projection, to OUT
+	tools/gpu/bench_gpu.sh $(ARGS)
+
+stage-gpu-wheels:  ## download the wheels bench-gpu needs into .wheels/gpu (carry them along)
+	tools/gpu/stage_wheels.sh
+
+bench-gpu-rehearsal: setup  ## bench-gpu on CPU (--tiny) in a Python 3.12 env shaped like the GPU machine's
+	tools/gpu/stage_wheels.sh
+	PYTHON="$$(tools/gpu/rehearsal_env.sh)" tools/gpu/bench_gpu.sh --tiny $(ARGS)
+
+bench-loader: setup  ## data path alone: samples/s per core, cores to feed 8 GPUs
+	$(BIN)/python tools/bench/loader_bench.py $(ARGS)
 
 bench-operator: setup testenv-build  ## operator at fleet scale: N jobs, both designs (docs/benchmarks.md)
 	$(BIN)/python tools/bench/operator_scale.py $(ARGS)

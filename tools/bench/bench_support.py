@@ -1,11 +1,8 @@
-"""Helpers of the training-step benchmark: the synthetic latent dataset, the data-path
-measurement, and synchronised step timing."""
+"""Helpers of the benchmarks: the synthetic latent dataset and synchronised step timing."""
 
 from __future__ import annotations
 
-import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,37 +34,6 @@ def write_latent_dataset(root: Path, num_samples: int, latent_hw: int, text_dim:
                 }
             )
     return out
-
-
-def measure_loader(data: Path, batch: int) -> float:
-    """Samples/s of the precomputed-latent dataset read in one process (one core)."""
-    from diffusion_trainer.config import DatasetConfig
-    from diffusion_trainer.data import TrainLoader, build_streaming_dataset
-
-    dataset = build_streaming_dataset(DatasetConfig(local=str(data)), batch, 0, None)
-    loader = TrainLoader(dataset, batch, num_workers=0, pin_memory=False)
-    loader.next_batch()  # opens the shards
-    num_batches = max(1, len(dataset) // batch - 1)
-    started = time.perf_counter()
-    for _ in range(num_batches):
-        loader.next_batch()
-    return num_batches * batch / (time.perf_counter() - started)
-
-
-def bench_loader_only(out: Path) -> int:
-    """The data path alone: SD2-shaped precomputed samples (fp16 latents + 77x1024 text)."""
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="dtj-bench-") as workdir:
-        for res in (256, 512):
-            data = write_latent_dataset(Path(workdir), 2048, res // 8, 1024)
-            rate = measure_loader(data, 32)
-            rows.append({"res": res, "loader_samples_per_s_per_core": rate})
-            print(json.dumps(rows[-1]), flush=True)
-    (out / "loader_bench.json").write_text(json.dumps(rows, indent=1))
-    print(f"\n{'res':>4} {'samples/s per core':>18}")
-    for row in rows:
-        print(f"{row['res']:4d} {row['loader_samples_per_s_per_core']:18.0f}")
-    return 0
 
 
 def synchronize(device: torch.device) -> None:
@@ -106,30 +72,3 @@ def time_interleaved(
             synchronize(device)
             times[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def format_side(side: dict[str, Any]) -> str:
-    if "error" in side:
-        return f"{'ERROR':>9} {'':>8} {'':>6}"
-    mfu = "n/a" if "mfu" not in side else f"{100 * side['mfu']:.1f}%"
-    return f"{side['img_s']:9.4g} {side['tflops']:8.3g} {mfu:>6}"
-
-
-def print_table(rows: list[dict[str, Any]], device_name: str) -> None:
-    print(f"\ndevice: {device_name}")
-    print(
-        f"{'res':>4} {'bs':>4} {'variant':11} | {'stock img/s':>9} {'TFLOP/s':>8} {'MFU':>6} | "
-        f"{'ours img/s':>9} {'TFLOP/s':>8} {'MFU':>6} | {'ours/stock':>10} {'loader/core':>11}"
-    )
-    for row in rows:
-        ratio = f"{row['ratio']:10.3f}" if "ratio" in row else f"{'-':>10}"
-        loader = row["ours"].get("loader_samples_per_s_per_core")
-        loader_text = f"{loader:11.0f}" if loader else f"{'-':>11}"
-        print(
-            f"{row['res']:4d} {row['bs']:4d} {row['variant']:11} | {format_side(row['stock'])} | "
-            f"{format_side(row['ours'])} | {ratio} {loader_text}"
-        )
-    for row in rows:
-        for side in ("stock", "ours"):
-            if "error" in row[side]:
-                print(f"{row['res']} {row['bs']} {row['variant']} {side}: {row[side]['error']}")

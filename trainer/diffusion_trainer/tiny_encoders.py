@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
 from diffusion_trainer.encoders import TEXT_MAX_LENGTH
 
@@ -42,9 +41,18 @@ def build_bpe_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     return merges
 
 
+def list_byte_symbols() -> list[str]:
+    """The 256 characters byte-level BPE (GPT-2, CLIP) writes bytes as: the printable Latin-1
+    bytes stand for themselves, then the other bytes, in order, as the characters from 256 on
+    (the order of GPT-2's table, which Transformers 5 no longer exports)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return [chr(byte) for byte in printable] + [chr(256 + n) for n in range(len(others))]
+
+
 def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     """Every byte symbol (alone and word-final), each merge result, then BOS/EOS."""
-    byte_symbols = list(bytes_to_unicode().values())
+    byte_symbols = list_byte_symbols()
     tokens = byte_symbols + [symbol + WORD_END for symbol in byte_symbols]
     tokens += [left + right for left, right in merges]
     tokens += [BOS_TOKEN, EOS_TOKEN]

@@ -358,6 +358,14 @@ class TrainingLoop:
 
 
 def configure_backends(runtime: Runtime) -> None:
+    if runtime.is_main:
+        backend = torch.distributed.get_backend()
+        log.info(
+            "world size %d on %s, process group backend %s",
+            runtime.world_size,
+            runtime.device,
+            backend,
+        )
     if runtime.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
