@@ -90,7 +90,6 @@ def build_our_step(runtime: Any, args: argparse.Namespace, case: Case, workdir: 
     data = write_latent_dataset(workdir, num_samples, latent_hw, text_dim)
     ckpt = workdir / f"ckpt-{time.monotonic_ns()}"
     config = make_config(data, args.unet, case, ckpt, loader_workers(runtime.device))
-    torch._dynamo.reset()
     loop = TrainingLoop(config, runtime, build_components(config, runtime), StopRequest(), [])
     flops = count_train_flops_per_image(
         dict(loop.c.unet_config), (4, latent_hw, latent_hw), (77, text_dim)
@@ -117,6 +116,8 @@ def peak_memory_gib(device: torch.device) -> float | None:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Free the previous row's models (compiled code holds them too) before measuring."""
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
