@@ -17,7 +17,10 @@ ALERTS_TEST = Path(__file__).parent / "alerts_test.yaml"
 DOCS = ROOT / "docs" / "observability.md"
 # Offline rendering: a version the chart accepts (kubeVersion), as in tests/packaging.
 KUBE_VERSION = "1.33.0"
-PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
+# The kinds a cluster with the Prometheus Operator serves, as `helm template --api-versions`.
+PROMETHEUS_OPERATOR_API = (
+    "monitoring.coreos.com/v1/PodMonitor,monitoring.coreos.com/v1/PrometheusRule"
+)
 
 
 def run_tool(*args: Any, timeout_s: float = 120) -> subprocess.CompletedProcess:

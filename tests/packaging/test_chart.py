@@ -16,7 +16,9 @@ import yaml
 from chart_tools import CHART_DIR, KUBE_VERSION, ROOT, run_tool
 
 CLUSTER_SCOPE = {"rbac.scope": "cluster"}
-PROMETHEUS_OPERATOR_API = "--api-versions=monitoring.coreos.com/v1"
+PROMETHEUS_OPERATOR_API = (
+    "--api-versions=monitoring.coreos.com/v1/PodMonitor,monitoring.coreos.com/v1/PrometheusRule"
+)
 MONITORING_KINDS = {"PodMonitor", "PrometheusRule"}
 
 # Every verb the operator uses, and why (diffusion_operator.cache, .kube, .leader). Anything more
@@ -447,6 +449,20 @@ def test_monitoring_renders_only_where_the_prometheus_operator_api_exists(render
     assert any(m["spec"].get("namespaceSelector") == {"any": True} for m in cluster_workers)
     assert not of_kind(
         render({"monitoring.enabled": "false"}, PROMETHEUS_OPERATOR_API), "PodMonitor"
+    )
+
+
+def test_monitoring_objects_are_gated_per_kind_and_can_be_forced(render):
+    group_only = render({}, "--api-versions=monitoring.coreos.com/v1")
+    assert not [o for o in group_only if o["kind"] in MONITORING_KINDS]
+    monitors_only = render({}, "--api-versions=monitoring.coreos.com/v1/PodMonitor")
+    assert len(of_kind(monitors_only, "PodMonitor")) == 2
+    assert not of_kind(monitors_only, "PrometheusRule")
+    forced = render({"monitoring.force": "true"})  # no API versions at all
+    assert len(of_kind(forced, "PodMonitor")) == 2
+    assert len(of_kind(forced, "PrometheusRule")) == 1
+    assert not of_kind(
+        render({"monitoring.force": "true", "monitoring.enabled": "false"}), "PodMonitor"
     )
 
 

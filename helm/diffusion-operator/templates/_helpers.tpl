@@ -101,3 +101,14 @@ own Role (rbac.yaml).
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/*
+"true" when a monitoring.coreos.com/v1 object of this kind should render: the cluster serves
+the kind (Helm lists group/version/Kind for a live cluster; `helm template` needs
+--api-versions monitoring.coreos.com/v1/<Kind>), or monitoring.force. Call with (list . "Kind").
+*/}}
+{{- define "diffusion-operator.servesMonitoringKind" -}}
+{{- $root := index . 0 -}}
+{{- $gvk := printf "monitoring.coreos.com/v1/%s" (index . 1) -}}
+{{- if or $root.Values.monitoring.force ($root.Capabilities.APIVersions.Has $gvk) -}}true{{- end -}}
+{{- end }}
