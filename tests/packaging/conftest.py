@@ -10,11 +10,16 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_tools import CHART_DIR, KUBE_VERSION, ROOT, run_tool, set_flags
-
-CRD_NAME = "diffusiontrainingjobs.diffusion.dev"
-# Keeps the chart's (never running) operator pod Pending instead of bound to a fake node.
-UNSCHEDULABLE = {"nodeSelector.testenv\\.diffusion\\.dev/pool": "no-such-pool"}
+from chart_tools import (
+    CHART_DIR,
+    CRD_NAME,
+    KUBE_VERSION,
+    ROOT,
+    UNSCHEDULABLE,
+    Release,
+    run_tool,
+    set_flags,
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,29 +44,6 @@ def render(helm) -> Callable[..., list[dict[str, Any]]]:
 def crd(control_plane) -> None:
     control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd.yaml"))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-
-
-@dataclass(frozen=True)
-class Release:
-    name: str
-    namespace: str
-    install_output: str
-
-    @property
-    def fullname(self) -> str:
-        return f"{self.name}-diffusion-operator"
-
-    @property
-    def service_account(self) -> str:
-        return self.fullname
-
-    @property
-    def worker_service_account(self) -> str:
-        return f"{self.fullname}-worker"
-
-    @property
-    def identity(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
 
 
 @pytest.fixture
