@@ -3,6 +3,7 @@
 # (torch and its CUDA 13 libraries come from the lock, the base only brings the CUDA userland).
 # Build from the repository root: docker build -f docker/trainer.Dockerfile -t trainer:dev .
 # No model weights are baked in: jobs read them from object storage or a volume at run time.
+# CUDA 13.0 needs NVIDIA driver 580.65.06 or newer on the GPU nodes.
 ARG CUDA_BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 ARG PYTHON_VERSION=3.11.14
