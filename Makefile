@@ -45,7 +45,7 @@ testenv-up: setup  ## start the local control plane; prints the kubeconfig path
 testenv-down:  ## stop the local control plane (by recorded PIDs)
 	@$(TESTENV)/down.sh
 
-demo: setup testenv-build  ## train the tiny job end to end on this machine (docs/local.md)
+demo: setup  ## train the tiny job end to end on this machine (docs/local.md)
 	@tools/localnode/demo.sh
 
 demo-down:  ## stop what an interrupted demo left running (by recorded PIDs)

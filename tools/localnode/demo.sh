@@ -66,8 +66,8 @@ if [ ! -f "$synth_done" ] || [ ! -f "$pv_dir/synthetic/latents/index.json" ]; th
   start_bg synth .venv/bin/dtj data synth --out "$pv_dir/synthetic" --num-samples 64
 fi
 log "starting a control plane of its own in $DTJ_TESTENV_DIR"
-bin_dir="$(tools/testenv/build.sh)"
-tools/testenv/up.sh >"$logs_dir/controlplane.log" 2>&1
+bin_dir="$(tools/testenv/build.sh etcd kube)"  # no kwok, helm or promtool: the demo needs none
+DTJ_TESTENV_FAKE_NODES=0 tools/testenv/up.sh >"$logs_dir/controlplane.log" 2>&1
 kubectl apply --server-side -f manifests/crd.yaml >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/diffusiontrainingjobs.diffusion.dev >/dev/null
 sed "s|HOST_PATH|$pv_dir|" tools/localnode/storage.yaml | kubectl apply -f - >/dev/null

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Build the local control plane binaries from Go modules (no Docker, no download sites) and cache
 # them outside the repository, keyed by versions. Prints the bin directory on stdout.
+#   build.sh                      every component (the test tiers)
+#   build.sh etcd kube            only these (the demo: no kwok, helm or promtool)
+# Components: etcd, kube (kube-apiserver, -controller-manager, -scheduler, kubectl), kwok, helm,
+# promtool. Each is built once into the shared bin directory and marked done on its own.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -66,26 +70,41 @@ copy_kwok_stages() {
   chmod -R u+w "$bin_dir.tmp/kwok-stages"
 }
 
-build_all() {
-  rm -rf "$bin_dir.tmp" && mkdir -p "$bin_dir.tmp" "$work_dir"
-  build_etcd
-  build_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-  copy_kwok_stages
-  build_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
-    "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
-  build_install promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION"
-  build_k8s
-  rm -rf "$bin_dir" && mv "$bin_dir.tmp" "$bin_dir"
-  touch "$bin_dir/.complete"
+build_component() {  # name
+  case "$1" in
+    etcd) build_etcd ;;
+    kube) build_k8s ;;
+    kwok) build_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" && copy_kwok_stages ;;
+    helm) build_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
+      "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" ;;
+    promtool) build_install promtool github.com/prometheus/prometheus/cmd/promtool \
+      "$PROMETHEUS_VERSION" ;;
+    *) echo "unknown component $1 (etcd, kube, kwok, helm, promtool)" >&2; exit 2 ;;
+  esac
 }
 
+build_missing() {  # components...
+  local component
+  for component in "$@"; do
+    [ -f "$bin_dir/.built-$component" ] && continue
+    local start_s
+    start_s=$(date +%s)
+    rm -rf "$bin_dir.tmp" && mkdir -p "$bin_dir.tmp" "$work_dir" "$bin_dir"
+    ( build_component "$component" )
+    cp -r "$bin_dir.tmp/." "$bin_dir/" && rm -rf "$bin_dir.tmp"
+    touch "$bin_dir/.built-$component"
+    log "built $component in $(( $(date +%s) - start_s ))s"
+  done
+}
+
+components=("$@")
+[ "${#components[@]}" -gt 0 ] || components=(etcd kwok helm promtool kube)
 mkdir -p "$cache_root"
 exec 9>"$cache_root/build.lock"
 flock 9
-if [ ! -f "$bin_dir/.complete" ]; then
-  start_s=$(date +%s)
-  log "cold build into $bin_dir"
-  ( build_all )
-  log "built in $(( $(date +%s) - start_s ))s"
+# A directory built before components were marked one by one holds all of them.
+if [ -f "$bin_dir/.complete" ]; then
+  for component in etcd kube kwok helm promtool; do touch "$bin_dir/.built-$component"; done
 fi
+build_missing "${components[@]}"
 echo "$bin_dir"

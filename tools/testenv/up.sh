@@ -9,7 +9,13 @@ source "$here/env.sh"
 
 log() { echo "[testenv $(date +%H:%M:%S)] $*" >&2; }
 
-bin_dir="$("$here/build.sh")"
+# DTJ_TESTENV_FAKE_NODES=0: no kwok (the demo runs its pods on a local node of its own).
+fake_nodes="${DTJ_TESTENV_FAKE_NODES:-1}"
+if [ "$fake_nodes" = 1 ]; then
+  bin_dir="$("$here/build.sh" etcd kube kwok)"
+else
+  bin_dir="$("$here/build.sh" etcd kube)"
+fi
 mkdir -p "$state_dir"
 exec 8>"$state_dir/up.lock"
 flock 8
@@ -107,11 +113,13 @@ start kube-controller-manager "${common[@]}" --secure-port="$controller_manager_
   --use-service-account-credentials=true --node-monitor-grace-period=40s
 start kube-scheduler "${common[@]}" --secure-port="$scheduler_port"
 
-for stages in "$here"/stages/*.yaml; do printf -- '---\n'; cat "$stages"; done >"$state_dir/kwok-stages.yaml"
-start kwok --kubeconfig="$kubeconfig" --config="$state_dir/kwok-stages.yaml" \
-  --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-  --cidr=10.244.0.0/16 --node-ip=127.0.0.1 --node-lease-duration-seconds=40 \
-  --server-address="127.0.0.1:$kwok_port"
+if [ "$fake_nodes" = 1 ]; then
+  for stages in "$here"/stages/*.yaml; do printf -- '---\n'; cat "$stages"; done >"$state_dir/kwok-stages.yaml"
+  start kwok --kubeconfig="$kubeconfig" --config="$state_dir/kwok-stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr=10.244.0.0/16 --node-ip=127.0.0.1 --node-lease-duration-seconds=40 \
+    --server-address="127.0.0.1:$kwok_port"
+fi
 
 wait_for kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$controller_manager_port/healthz"
 wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$scheduler_port/healthz"
