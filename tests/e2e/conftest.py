@@ -29,11 +29,25 @@ dtjs = _cluster.dtjs
 
 @pytest.fixture(scope="session")
 def local_node(control_plane, tmp_path_factory) -> Iterator[LocalNode]:
-    """The node agent against the session control plane; on stop nothing may be left."""
+    """The node agent against the session control plane (tainted: only pods that tolerate it);
+    on stop nothing may be left."""
+    yield from run_local_node(control_plane, tmp_path_factory.mktemp("localnode"))
+
+
+@pytest.fixture
+def open_local_node(control_plane, tmp_path) -> Iterator[LocalNode]:
+    """A second agent whose node takes any pod, as a fresh cluster's nodes do."""
+    yield from run_local_node(control_plane, tmp_path / "open-node", "--no-taint")
+
+
+def run_local_node(control_plane, state_dir: Path, *extra_args: str) -> Iterator[LocalNode]:
     tag = uuid.uuid4().hex[:4]
-    state_dir = tmp_path_factory.mktemp("localnode")
+    state_dir.mkdir(parents=True, exist_ok=True)
     node = LocalNode(
-        f"e2e-{tag}", state_dir, f"dtje{tag}", start_agent(control_plane, tag, state_dir)
+        f"e2e-{tag}",
+        state_dir,
+        f"dtje{tag}",
+        start_agent(control_plane, tag, state_dir, *extra_args),
     )
     wait_until(
         lambda: (
@@ -57,7 +71,7 @@ def local_node(control_plane, tmp_path_factory) -> Iterator[LocalNode]:
     assert node.netns() == [], "network namespaces outlived the agent"
 
 
-def start_agent(control_plane, tag: str, state_dir: Path) -> subprocess.Popen:
+def start_agent(control_plane, tag: str, state_dir: Path, *extra_args: str) -> subprocess.Popen:
     log = (state_dir / "agent.log").open("wb")
     return subprocess.Popen(
         [
@@ -70,6 +84,7 @@ def start_agent(control_plane, tag: str, state_dir: Path) -> subprocess.Popen:
             f"--bridge=dtje2e-{tag}",
             f"--subnet=10.78.{int(tag, 16) % 200 + 20}.0/24",
             f"--netns-prefix=dtje{tag}",
+            *extra_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

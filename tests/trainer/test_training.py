@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_harness import TrainerRun, launch_trainer, run_in_process
+from trainer_harness import TrainerRun, base_config, launch_trainer, run_in_process
 
 from diffusion_trainer.checkpoint import CheckpointStore
 from diffusion_trainer.data import latent_columns
@@ -278,3 +278,20 @@ def test_online_encoding_matches_precomputed_latents(
     for step, loss in online.losses.items():
         expected = precomputed.losses[step]
         assert math.isclose(loss, expected, rel_tol=2e-3), (step, loss, expected)
+
+
+def test_synthesized_data_needs_nothing_staged(tmp_path: Path) -> None:
+    """`data.synthesize`: local rank 0 writes the dataset and encoders where the config reads
+    them, the other rank waits for it, and two processes train on it."""
+    out = tmp_path / "synthetic"
+    config = base_config(out / "latents", tmp_path / "ckpt")
+    config["data"]["synthesize"] = {"out": str(out), "numSamples": 32}
+    config["model"] |= {"vae": str(out / "encoders"), "textEncoder": str(out / "encoders")}
+    config["training"]["maxSteps"] = 2
+    run = launch_trainer(tmp_path / "run", config, nproc=2)
+    assert run.returncode == 0, run.output[-3000:]
+    assert sorted(run.losses) == [1, 2]
+    assert (out / ".synthesized").is_file()
+    assert (out / "latents" / "index.json").is_file()
+    assert not list(tmp_path.glob("synthetic.staging-*"))
+    assert "synthesized 32 samples" in run.output

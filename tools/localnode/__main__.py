@@ -31,6 +31,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bridge", default="dtj-br0")
     parser.add_argument("--subnet", default="10.77.0.0/24")
     parser.add_argument("--netns-prefix", default="dtj")
+    parser.add_argument(
+        "--no-taint", action="store_true", help="take any pod, not only those tolerating the taint"
+    )
     return parser.parse_args(argv)
 
 
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         bridge_name=args.bridge,
         subnet=args.subnet,
         netns_prefix=args.netns_prefix,
+        tainted=not args.no_taint,
     )
     agent = Agent(settings, config.new_client_from_config(config_file=args.kubeconfig))
     stop = threading.Event()

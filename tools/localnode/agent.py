@@ -27,6 +27,8 @@ class AgentSettings:
     bridge_name: str = "dtj-br0"
     subnet: str = "10.77.0.0/24"
     netns_prefix: str = "dtj"
+    # Untainted, the node takes any pod, as a fresh cluster's nodes do (the docs' first job).
+    tainted: bool = True
 
 
 def machine_memory_kib() -> int:
@@ -57,7 +59,8 @@ def node_conditions(now: str) -> list[dict[str, str]]:
 
 
 def build_node(settings: AgentSettings, address: str) -> dict[str, Any]:
-    """No kwok annotation, so kwok leaves this Node to us; the taint keeps other pods off."""
+    """No kwok annotation, so kwok leaves this Node to us; the taint (unless turned off) keeps
+    other pods off."""
     capacity = {
         "cpu": str(os.cpu_count() or 1),
         "memory": f"{machine_memory_kib()}Ki",
@@ -77,7 +80,9 @@ def build_node(settings: AgentSettings, address: str) -> dict[str, Any]:
                 NODE_LABEL: "true",
             },
         },
-        "spec": {"taints": [{"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}]},
+        "spec": {"taints": [{"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}]}
+        if settings.tainted
+        else {},
         "status": {
             "capacity": capacity,
             "allocatable": capacity,

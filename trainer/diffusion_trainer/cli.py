@@ -40,8 +40,12 @@ def configure_logging() -> None:
     )
 
 
-def load_checked_config(path: str) -> TrainerConfig:
+def load_checked_config(path: str, *, prepare_data: bool = True) -> TrainerConfig:
     config = apply_env_overrides(load_config(path))
+    if prepare_data and config.data.synthesize is not None:
+        from diffusion_trainer.synthetic_source import ensure_synthetic_data
+
+        ensure_synthetic_data(config.data.synthesize, int(os.environ.get("LOCAL_RANK", "0")))
     preflight(config)
     return config
 
@@ -61,7 +65,7 @@ def train_command(argv: list[str]) -> int:
     args = parse_train_args(argv)
     configure_logging()
     try:
-        config = load_checked_config(args.config)
+        config = load_checked_config(args.config, prepare_data=not args.check)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         if writes_termination_message() and not args.check:

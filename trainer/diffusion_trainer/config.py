@@ -171,9 +171,31 @@ class DatasetConfig(Section):
         return self.streams or [StreamConfig(remote=self.remote, local=self.local)]
 
 
+class SyntheticDataConfig(Section):
+    """The synthetic shapes dataset (`dtj data synth`), written by the trainer when absent."""
+
+    out: Annotated[
+        str,
+        Field(
+            pattern=r"^/",
+            description="Where it is written (raw/, encoders/, latents/); point data.train.local "
+            "at <out>/latents and model.vae/textEncoder at <out>/encoders.",
+        ),
+    ] = "/tmp/dtj-synthetic"
+    num_samples: Annotated[int, Field(ge=16, le=100_000, description="Image-caption pairs.")] = 128
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class DataConfig(Section):
     train: DatasetConfig = Field(default_factory=DatasetConfig)
     eval: DatasetConfig | None = None
+    synthesize: Annotated[
+        SyntheticDataConfig | None,
+        Field(
+            description="Write a small synthetic dataset with tiny encoders before training "
+            "(each pod its own copy, local rank 0 writes): a job that needs no data staged."
+        ),
+    ] = None
 
 
 class TrainingConfig(Section):

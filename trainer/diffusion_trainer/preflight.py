@@ -68,10 +68,19 @@ def check_model(config: TrainerConfig) -> None:
             )
 
 
-def check_local_dataset(dataset: DatasetConfig, field: str) -> None:
+def is_synthesized_later(config: TrainerConfig, path: str) -> bool:
+    """Under `data.synthesize.out`: the trainer writes it before it trains (`--check` does not
+    write it, so it checks nothing there either)."""
+    synthesize = config.data.synthesize
+    return synthesize is not None and Path(path).is_relative_to(synthesize.out)
+
+
+def check_local_dataset(config: TrainerConfig, dataset: DatasetConfig, field: str) -> None:
     for number, source in enumerate(dataset.sources()):
         where = f"{field}.streams[{number}]" if dataset.streams else field
-        if source.remote is None and not (Path(source.local) / "index.json").is_file():
+        if source.remote is not None or is_synthesized_later(config, source.local):
+            continue
+        if not (Path(source.local) / "index.json").is_file():
             raise ConfigError(
                 f"{where}.local={source.local!r} holds no MDS dataset (no index.json) and "
                 f"{where}.remote is not set"
@@ -88,12 +97,14 @@ def check_eval_sources(config: TrainerConfig) -> None:
     eval_config = config.eval
     if not eval_config.enabled or config.data.eval is None:
         return
-    check_local_dataset(config.data.eval, "data.eval")
+    check_local_dataset(config, config.data.eval, "data.eval")
     sources = {"eval.fidFeatureExtractor": eval_config.fid_feature_extractor}
     if "clip" in eval_config.metrics:
         sources["eval.clipModel"] = eval_config.clip_model
     for field, source in sources.items():
-        if source is not None and looks_local(source) and not Path(source).expanduser().exists():
+        if source is None or not looks_local(source) or is_synthesized_later(config, source):
+            continue
+        if not Path(source).expanduser().exists():
             raise ConfigError(f"{field}={source!r} does not exist; stage the weights there")
 
 
@@ -119,7 +130,7 @@ def preflight(config: TrainerConfig) -> int:
         num_accum = check_world_layout(config.training, env_world_size(), env_local_world_size())
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    check_local_dataset(config.data.train, "data.train")
+    check_local_dataset(config, config.data.train, "data.train")
     check_eval_sources(config)
     check_checkpoint_backend(config)
     read_resilience_settings()  # DTJ_* fault-tolerance variables: a bad one is a config error
