@@ -289,3 +289,15 @@ def test_noise_drawn_in_loader_workers_equals_noise_drawn_in_the_loop(
         assert torch.equal(batch.fields["timestep"], expected.timesteps)
         assert torch.equal(batch.fields["drop_caption"], expected.drop_caption)
     assert epochs_seen == {0, 1}
+
+
+def test_synthesize_refuses_a_directory_it_did_not_write(tmp_path: Path) -> None:
+    from diffusion_trainer.config import ConfigError, SyntheticDataConfig
+    from diffusion_trainer.synthetic_source import ensure_synthetic_data
+
+    out = tmp_path / "someone-elses"
+    out.mkdir()
+    (out / "precious.bin").write_bytes(b"data")
+    with pytest.raises(ConfigError, match=r"data\.synthesize\.out=.* is not a synthetic dataset"):
+        ensure_synthetic_data(SyntheticDataConfig(out=str(out)), local_rank=0)
+    assert (out / "precious.bin").read_bytes() == b"data"  # left alone
