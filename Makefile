@@ -85,6 +85,5 @@ chart-lint: setup testenv-build  ## helm lint --strict (both RBAC scopes), hadol
 	"$$($(TESTENV)/build.sh)/helm" lint --strict $(CHART) --set rbac.scope=cluster
 	$(BIN)/hadolint --config .hadolint.yaml docker/operator.Dockerfile docker/trainer.Dockerfile
 
-images:  ## build the operator and trainer images (needs Docker)
-	docker build -f docker/operator.Dockerfile -t $(IMAGE_REPOSITORY)/operator:$(IMAGE_TAG) .
-	docker build -f docker/trainer.Dockerfile -t $(IMAGE_REPOSITORY)/trainer:$(IMAGE_TAG) .
+images: setup  ## build both images: Docker with the public bases, else podman with Debian-made bases
+	IMAGE_REPOSITORY=$(IMAGE_REPOSITORY) IMAGE_TAG=$(IMAGE_TAG) tools/images/build.sh

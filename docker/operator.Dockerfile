@@ -13,12 +13,13 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/opt/venv
 WORKDIR /src
+# uv's download cache is a build cache mount: kept between builds, never in a layer.
 # Dependencies first, exactly as locked, so that source edits reuse this layer.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --extra operator --no-install-project
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra operator --no-install-project
 COPY operator ./operator
 COPY trainer ./trainer
-RUN uv sync --frozen --no-dev --extra operator --no-editable
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra operator --no-editable
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="diffusion-operator" \

@@ -7,26 +7,32 @@
 ARG CUDA_BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 ARG PYTHON_VERSION=3.11.14
+# managed: uv installs CPython into /opt/python (the default); system: the base image's own
+# python3 (local builds from Debian bases, where uv cannot download Python).
+ARG PYTHON_SOURCE=managed
 
 FROM ${UV_IMAGE} AS uv
 
 FROM ${CUDA_BASE_IMAGE} AS build
 ARG PYTHON_VERSION
+ARG PYTHON_SOURCE
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_INSTALL_DIR=/opt/python \
-    UV_PYTHON_PREFERENCE=only-managed \
+    UV_PYTHON_PREFERENCE=only-${PYTHON_SOURCE} \
     UV_PYTHON=${PYTHON_VERSION} \
     UV_PROJECT_ENVIRONMENT=/opt/venv
-RUN uv python install "${PYTHON_VERSION}"
+RUN mkdir -p /opt/python && \
+    if [ "${PYTHON_SOURCE}" = managed ]; then uv python install "${PYTHON_VERSION}"; fi
 WORKDIR /src
+# uv's download cache is a build cache mount: kept between builds, never in a layer.
 # Dependencies first (the large layer), so that source edits reuse it.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --extra trainer --extra cloud --no-install-project
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra trainer --extra cloud --no-install-project
 COPY operator ./operator
 COPY trainer ./trainer
-RUN uv sync --frozen --no-dev --extra trainer --extra cloud --no-editable
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra trainer --extra cloud --no-editable
 
 FROM ${CUDA_BASE_IMAGE}
 LABEL org.opencontainers.image.title="diffusion-trainer" \
