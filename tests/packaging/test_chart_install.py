@@ -93,22 +93,26 @@ def responds_ok(port: int, path: str) -> bool:
         return False
 
 
-@contextmanager
-def operator_process(kubeconfig: Path, release, log_path: Path) -> Iterator[None]:
-    """`dtj operator` as its own process, with nothing but the given kubeconfig, leader election
-    on the release's Lease as the chart sets it (DTJ_OPERATOR_LEASE_*)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
+def operator_settings(release, kubeconfig: str, liveness_port: int) -> dict[str, str]:
+    """The operator's environment as the chart sets it: the release's namespace and Lease."""
+    return {
+        "KUBECONFIG": kubeconfig,
         "DTJ_OPERATOR_NAMESPACES": release.namespace,
         "DTJ_OPERATOR_PROGRESS_INTERVAL_S": "1",
         "DTJ_OPERATOR_LEADER_ELECTION": "true",
         "DTJ_OPERATOR_LEASE_NAME": release.fullname,
         "DTJ_OPERATOR_LEASE_NAMESPACE": release.namespace,
-        "DTJ_OPERATOR_LIVENESS_PORT": str(port),
+        "DTJ_OPERATOR_LIVENESS_PORT": str(liveness_port),
         "DTJ_OPERATOR_LOG_FORMAT": "text",
     }
+
+
+@contextmanager
+def operator_process(kubeconfig: Path, release, log_path: Path) -> Iterator[None]:
+    """`dtj operator` as its own process, with nothing but the given kubeconfig, leader election
+    on the release's Lease as the chart sets it (DTJ_OPERATOR_LEASE_*)."""
+    port = free_port()
+    env = {**os.environ, **operator_settings(release, str(kubeconfig), port)}
     env.pop("KUBERNETES_SERVICE_HOST", None)  # no in-cluster credentials either
     dtj = Path(sys.executable).parent / "dtj"
     with log_path.open("w") as log:

@@ -20,6 +20,7 @@ from test_chart_install import (
     free_port,
     job_spec,
     lease_of,
+    operator_settings,
     responds_ok,
     restrict,
     run_job_to_success,
@@ -63,15 +64,8 @@ def operator_container(image: str, kubeconfig: Path, release, log_path: Path) ->
     name = f"dtj-operator-{uuid.uuid4().hex[:6]}"
     port = free_port()
     settings = {
-        "KUBECONFIG": f"{CONFIG_DIR}/kubeconfig",
-        "DTJ_OPERATOR_NAMESPACES": release.namespace,
-        "DTJ_OPERATOR_PROGRESS_INTERVAL_S": "1",
-        "DTJ_OPERATOR_LEADER_ELECTION": "true",
-        "DTJ_OPERATOR_LEASE_NAME": release.fullname,
-        "DTJ_OPERATOR_LEASE_NAMESPACE": release.namespace,
-        "DTJ_OPERATOR_LIVENESS_PORT": str(port),
-        "DTJ_OPERATOR_METRICS_PORT": "0",
-        "DTJ_OPERATOR_LOG_FORMAT": "text",
+        **operator_settings(release, f"{CONFIG_DIR}/kubeconfig", port),
+        "DTJ_OPERATOR_METRICS_PORT": "0",  # the host's network: no fixed port
     }
     started = podman(
         "run", "--detach", "--name", name, "--network", "host", "--read-only",
