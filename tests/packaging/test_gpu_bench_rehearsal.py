@@ -31,8 +31,13 @@ def run_script(*command: str, env: dict[str, str] | None = None, timeout_s: floa
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def staged_wheels() -> Path:
     run_script("tools/gpu/stage_wheels.sh")
+    return WHEELS
+
+
+@pytest.fixture(scope="module")
+def rehearsal(staged_wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     python = run_script("tools/gpu/rehearsal_env.sh").strip()
     out = tmp_path_factory.mktemp("bench-gpu")
     site = tmp_path_factory.mktemp("site")
@@ -49,12 +54,12 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_staged_wheels_fit_what_travels() -> None:
+def test_staged_wheels_fit_what_travels(staged_wheels: Path) -> None:
     listed = [
         line for line in (ROOT / "tools/gpu/staged-wheels.txt").read_text().splitlines()
         if line and not line.startswith("#")
     ]  # fmt: skip
-    wheels = list(WHEELS.glob("*.whl"))
+    wheels = list(staged_wheels.glob("*.whl"))
     assert len(wheels) == len(listed)
     assert sum(wheel.stat().st_size for wheel in wheels) < CARRY_LIMIT_BYTES // 2
 
