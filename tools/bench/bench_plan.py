@@ -42,10 +42,6 @@ class Case:
         return "+".join(token for token in self.tokens if token in STOCK_TOKENS)
 
     @property
-    def label(self) -> str:
-        return f"{self.res}:{self.micro_batch}x{self.accumulation}:{self.variant}"
-
-    @property
     def min_seconds(self) -> float:
         return MIN_ROW_S["compile" if "compile" in self.tokens else "eager"]
 

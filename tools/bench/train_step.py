@@ -79,7 +79,6 @@ def loader_workers(device: torch.device) -> int:
 
 def build_our_step(runtime: Any, args: argparse.Namespace, case: Case, workdir: Path) -> OurStep:
     from diffusion_trainer.assemble import build_components
-    from diffusion_trainer.flops import count_train_flops_per_image
     from diffusion_trainer.model import load_unet_config
     from diffusion_trainer.preemption import StopRequest
     from diffusion_trainer.train import TrainingLoop
@@ -91,9 +90,7 @@ def build_our_step(runtime: Any, args: argparse.Namespace, case: Case, workdir: 
     ckpt = workdir / f"ckpt-{time.monotonic_ns()}"
     config = make_config(data, args.unet, case, ckpt, loader_workers(runtime.device))
     loop = TrainingLoop(config, runtime, build_components(config, runtime), StopRequest(), [])
-    flops = count_train_flops_per_image(
-        dict(loop.c.unet_config), (4, latent_hw, latent_hw), (77, text_dim)
-    )
+    flops = flops_per_image(args.unet, case.res)
     return OurStep(step=loop.train_step, flops_per_image=flops, data=data)
 
 
@@ -276,12 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             left_s = args.budget_s - (time.monotonic() - started)
             if left_s < case.min_seconds:
                 rows.append({**case_keys(case), "skipped": f"time budget {args.budget_s:.0f} s"})
-                continue
-            rows.append(run_case(runtime, args, case, Path(workdir), stock_cache))
+            else:
+                rows.append(run_case(runtime, args, case, Path(workdir), stock_cache))
             print(json.dumps(rows[-1]), flush=True)
             write_reports(out, machine, rows)
     shutdown_runtime()
-    write_reports(out, machine, rows)
     print_table(machine, rows)
     print(f"\nJSON and markdown: {out}/train_step_bench.{{json,md}}")
     return 0

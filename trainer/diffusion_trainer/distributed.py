@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from diffusion_trainer.config import TrainingConfig, resolve_hsdp_shard_size
+from diffusion_trainer.preflight import env_local_world_size
 
 
 @dataclass
@@ -81,8 +82,7 @@ def build_training_mesh(runtime: Runtime, training: TrainingConfig) -> DeviceMes
     consecutive ranks, which torchrun places on one node (hsdp)."""
     if training.sharding == "fsdp":
         return runtime.mesh
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    shard_size = resolve_hsdp_shard_size(training, runtime.world_size, per_node)
+    shard_size = resolve_hsdp_shard_size(training, runtime.world_size, env_local_world_size())
     return init_device_mesh(
         runtime.device.type,
         (runtime.world_size // shard_size, shard_size),
