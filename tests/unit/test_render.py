@@ -91,6 +91,18 @@ def test_hsdp_shard_groups_must_divide_the_world():
         render_trainer_config(bad, "j", "ns", "/c")
 
 
+def test_fields_that_act_only_with_another_are_refused_alone():
+    with pytest.raises(ValidationError, match="hsdpShardSize applies to sharding: hsdp only"):
+        TrainingConfig.model_validate({"hsdpShardSize": 8})
+    with pytest.raises(ValidationError, match="compileMode applies when compile is true"):
+        TrainingConfig.model_validate({"compileMode": "reduce-overhead"})
+    both = {"sharding": "hsdp", "hsdpShardSize": 8, "compile": True, "compileMode": "default"}
+    assert TrainingConfig.model_validate(both).hsdp_shard_size == 8
+    spec = spec_of(preset="sd2-base-256", training={"hsdpShardSize": 8}, eval=NO_EVAL)
+    with pytest.raises(ConfigError, match="hsdpShardSize applies to sharding: hsdp only"):
+        render_trainer_config(spec, "j", "ns", "/c")
+
+
 def test_partial_models_keep_constraints_and_allow_omission():
     partial = make_partial(TrainingConfig)
     assert partial.model_validate({}).model_dump(exclude_none=True) == {}

@@ -264,6 +264,15 @@ class TrainingConfig(Section):
     seed: Annotated[int, Field(ge=0)] = 17
     log_interval_steps: Annotated[PositiveInt, Field(description="Log every N steps.")] = 10
 
+    @model_validator(mode="after")
+    def check_dependent_fields(self) -> TrainingConfig:
+        """Fields that only act with another one set are refused alone, not ignored."""
+        if self.hsdp_shard_size is not None and self.sharding != "hsdp":
+            raise ValueError("hsdpShardSize applies to sharding: hsdp only; set both or neither")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError("compileMode applies when compile is true; set compile: true")
+        return self
+
 
 EvalMetric = Literal["fid", "clip"]
 EVAL_METRICS: tuple[EvalMetric, ...] = ("fid", "clip")
