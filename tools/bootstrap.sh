@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine (idempotent and fast when done before):
-# Debian tools used by the local control plane and the image builds (podman, runc, mmdebstrap),
-# uv, and the locked Python environment in .venv.
+# Debian tools used by the local control plane, its real node (containerd, runc, CNI plugins,
+# iptables) and the image builds (podman, mmdebstrap), uv, and the locked Python environment.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 UV_VERSION=0.13.9
@@ -11,7 +11,8 @@ log() { echo "[bootstrap] $*" >&2; }
 install_debian_tools() {
   local missing=()
   for tool in openssl:openssl curl:curl flock:util-linux setsid:util-linux ip:iproute2 make:make \
-    podman:podman runc:runc mmdebstrap:mmdebstrap; do
+    podman:podman runc:runc mmdebstrap:mmdebstrap containerd:containerd iptables:iptables \
+    /usr/lib/cni/bridge:containernetworking-plugins; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
   done
   [ "${#missing[@]}" -eq 0 ] && return 0

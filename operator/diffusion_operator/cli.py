@@ -13,13 +13,20 @@ def run_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from diffusion_operator import handlers
-    from diffusion_operator.settings import load_settings
+    from diffusion_operator.settings import identity, load_settings
 
     settings = load_settings()
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=args.verbose, log_format=log_format)
     # kopf runs the process; the controller watches, elects a leader and serves the probes.
-    kopf.run(clusterwide=not settings.namespaces, namespaces=settings.namespaces, standalone=True)
+    # An explicit identity: kopf's default asks the passwd database for the user, which an
+    # arbitrary runAsUser (one the image does not list) is missing from.
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=True,
+        identity=identity(settings),
+    )
     del handlers  # imported for its registrations
     return 0
 

@@ -187,7 +187,11 @@ def build_env(
     attempt, resume_from = inputs.attempt, inputs.resume_from
     nodes = spec.resources.nodes
     per_node = spec.processes_per_node
-    master = names.master_address(owner.name, attempt, owner.namespace)
+    # A one-pod gang rendezvous inside its pod: it never waits for (or depends on) cluster DNS
+    # publishing its own record.
+    master = (
+        "127.0.0.1" if nodes == 1 else names.master_address(owner.name, attempt, owner.namespace)
+    )
     node_rank = {"valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX_FIELD}}}
     topology: list[tuple[str, dict[str, Any]]] = [
         ("NODE_RANK", node_rank),

@@ -3,8 +3,8 @@
 # them outside the repository, keyed by versions. Prints the bin directory on stdout.
 #   build.sh                      every component (the test tiers)
 #   build.sh etcd kube            only these (the demo: no kwok, helm or promtool)
-# Components: etcd, kube (kube-apiserver, -controller-manager, -scheduler, kubectl), kwok, helm,
-# promtool. Each is built once into the shared bin directory and marked done on its own.
+# Components: etcd, kube (kube-apiserver, -controller-manager, -scheduler, kubectl), kubelet (the
+# real node: tools/node), kwok, helm, promtool. Each is built once into the shared bin directory and marked done on its own.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -18,7 +18,7 @@ export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
 log() { echo "[testenv-build $(date +%H:%M:%S)] $*" >&2; }
 
-build_k8s() {
+build_k8s() {  # commands...: from k8s.io/kubernetes/cmd
   local mod="$work_dir/k8s" minor="${K8S_VERSION#v1.}"
   minor="${minor%%.*}"
   local staging_version="v0.${K8S_VERSION#v1.}"
@@ -34,7 +34,7 @@ build_k8s() {
   grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$upstream" | awk '{print $1}' | while read -r m; do
     go mod edit -replace="$m=$m@$staging_version"
   done
-  local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local tools=("$@")
   go get -tool $(printf "k8s.io/kubernetes/cmd/%s@${K8S_VERSION} " "${tools[@]}") >&2
   local ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -73,13 +73,14 @@ copy_kwok_stages() {
 build_component() {  # name
   case "$1" in
     etcd) build_etcd ;;
-    kube) build_k8s ;;
+    kube) build_k8s kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
+    kubelet) build_k8s kubelet ;;
     kwok) build_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" && copy_kwok_stages ;;
     helm) build_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
       "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" ;;
     promtool) build_install promtool github.com/prometheus/prometheus/cmd/promtool \
       "$PROMETHEUS_VERSION" ;;
-    *) echo "unknown component $1 (etcd, kube, kwok, helm, promtool)" >&2; exit 2 ;;
+    *) echo "unknown component $1 (etcd, kube, kubelet, kwok, helm, promtool)" >&2; exit 2 ;;
   esac
 }
 
@@ -98,7 +99,7 @@ build_missing() {  # components...
 }
 
 components=("$@")
-[ "${#components[@]}" -gt 0 ] || components=(etcd kwok helm promtool kube)
+[ "${#components[@]}" -gt 0 ] || components=(etcd kwok helm promtool kube kubelet)
 mkdir -p "$cache_root"
 exec 9>"$cache_root/build.lock"
 flock 9

@@ -96,9 +96,11 @@ start etcd --name=testenv --data-dir="$etcd_data_dir" --unsafe-no-fsync \
 wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
 start kube-apiserver --etcd-servers="http://127.0.0.1:$etcd_port" \
-  --bind-address=127.0.0.1 --secure-port="$apiserver_port" --advertise-address="$ip" \
+  --bind-address="$apiserver_bind_address" --secure-port="$apiserver_port" --advertise-address="$ip" \
   --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --client-ca-file="$pki/ca.crt" --authorization-mode=RBAC \
+  --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key" \
+  --kubelet-preferred-address-types=InternalIP,Hostname \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
   --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true --profiling=false \

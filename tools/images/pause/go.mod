@@ -1,0 +1,3 @@
+module diffusion.dev/pause
+
+go 1.25
