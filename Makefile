@@ -46,10 +46,10 @@ testenv-down:  ## stop the local control plane (by recorded PIDs)
 	@$(TESTENV)/down.sh
 
 demo: setup  ## train the tiny job end to end on this machine (docs/local.md)
-	@tools/localnode/demo.sh
+	@tools/demo.sh
 
 demo-down:  ## stop what an interrupted demo left running (by recorded PIDs)
-	@tools/localnode/demo.sh down
+	@tools/demo.sh down
 
 bench-gpu:  ## on a GPU machine: GPU tests, step bench (ours vs stock), loader, projection, to OUT
 	tools/gpu/bench_gpu.sh $(ARGS)

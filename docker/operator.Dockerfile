@@ -6,7 +6,7 @@ ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
 FROM ${UV_IMAGE} AS uv
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE} AS deps
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
@@ -17,15 +17,25 @@ WORKDIR /src
 # Dependencies first, exactly as locked, so that source edits reuse this layer.
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra operator --no-install-project
+
+FROM deps AS build
 COPY operator ./operator
 COPY trainer ./trainer
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra operator --no-editable
+# The project alone, installed from its wheel without dependencies; its files (packages with
+# their bytecode, metadata, entry points) are gathered under /project for a small layer of their own.
+RUN --mount=type=cache,target=/root/.cache/uv uv build --wheel --out-dir /dist && \
+    uv pip install --python /opt/venv/bin/python --no-deps /dist/*.whl && \
+    mkdir /project && cd /opt/venv/lib/python3*/site-packages && \
+    cut -d, -f1 diffusion_operator-*.dist-info/RECORD | sed -E 's|^([^./][^/]*)/.*|\1|' | \
+    sort -u | xargs realpath -m | sed "s|^/||" | (cd / && xargs cp -a --parents -t /project)
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="diffusion-operator" \
       org.opencontainers.image.description="Kubernetes operator for DiffusionTrainingJob" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /opt/venv /opt/venv
+# The locked dependencies in a layer that a source edit leaves as it is; the project on top.
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /project/ /
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -46,7 +46,17 @@ remove_network() {
   done
 }
 
+delete_node() {  # so that no pod is ever scheduled onto it again
+  local kubeconfig kubectl
+  [ -f "$node_dir/kubeconfig-path" ] || return 0
+  kubeconfig="$(cat "$node_dir/kubeconfig-path")"
+  kubectl="$("$here/../testenv/build.sh" kube)/kubectl"
+  "$kubectl" --kubeconfig="$kubeconfig" delete node "$node_name" --ignore-not-found \
+    --timeout=20s >/dev/null 2>&1 || true
+}
+
 stop_pid kubelet
+delete_node
 remove_pods
 stop_pid containerd
 remove_network

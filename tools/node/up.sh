@@ -145,6 +145,7 @@ mkdir -p "$node_dir/logs" "$node_dir/pids" "$containerd_root" "$node_cache"
 exec 9>"$node_cache/node.lock"
 flock -n 9 || { log "another real node uses $containerd_root; stop it with tools/node/down.sh"; exit 1; }
 address="$(host_address)"
+echo "$kubeconfig" >"$node_dir/kubeconfig-path"  # down.sh deletes the Node through it
 ca_file="$node_dir/ca.crt"
 "$kubectl" --kubeconfig="$kubeconfig" config view --raw --minify \
   -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$ca_file"
