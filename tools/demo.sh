@@ -22,18 +22,22 @@ log() { echo "[demo $(date +%H:%M:%S)] $*"; }
 kubectl() { "$bin_dir/kubectl" --kubeconfig="$kubeconfig" "$@"; }
 
 stop_all() {
-  [ -z "${synth_pid:-}" ] || kill "$synth_pid" 2>/dev/null || true
+  [ -z "${background_pids[synth]:-}" ] || kill "${background_pids[synth]}" 2>/dev/null || true
   tools/node/down.sh >/dev/null 2>&1 || true  # its containers, the kubelet, containerd, network
   tools/testenv/down.sh >/dev/null 2>&1 || true
 }
 
-in_background() {  # log_name command...: PID on stdout
-  "$@" >"$logs_dir/$1.log" 2>&1 </dev/null &
-  echo $!
+declare -A background_pids
+start_bg() {  # name command...: a child of this shell, log in $logs_dir/<name>.log
+  local name="$1"; shift
+  "$@" >"$logs_dir/$name.log" 2>&1 </dev/null &
+  background_pids[$name]=$!
 }
 
-wait_or_show() {  # pid name: wait for it; on failure show its log and stop
-  wait "$1" || { tail -30 "$logs_dir/$2.log"; log "$2 failed (log: $logs_dir/$2.log)"; exit 1; }
+wait_bg() {  # name: wait for it; on failure show its log and stop
+  local pid="${background_pids[$1]}"
+  unset "background_pids[$1]"
+  wait "$pid" || { tail -30 "$logs_dir/$1.log"; log "$1 failed (log: $logs_dir/$1.log)"; exit 1; }
 }
 
 mkdir -p "$logs_dir" "$pv_dir"
@@ -48,16 +52,15 @@ synth_done="$pv_dir/synthetic/encoders/fid-features/fid_features.json"  # absent
 if [ ! -f "$synth_done" ] || [ ! -f "$pv_dir/synthetic/latents/index.json" ]; then
   rm -rf "$pv_dir/synthetic"
   log "creating the synthetic dataset (background) in $pv_dir/synthetic"
-  synth_pid="$(in_background synth .venv/bin/dtj data synth --out "$pv_dir/synthetic" \
-    --num-samples 64)"
+  start_bg synth .venv/bin/dtj data synth --out "$pv_dir/synthetic" --num-samples 64
 fi
 log "building the control plane, kubelet and helm (cached after the first run; log: $logs_dir)"
-binaries_pid="$(in_background binaries tools/testenv/build.sh etcd kube kubelet helm)"
+start_bg binaries tools/testenv/build.sh etcd kube kubelet helm
 log "building the operator and trainer images (tools/images/build.sh)"
-images_pid="$(in_background images tools/images/build.sh)"
-wait_or_show "$binaries_pid" binaries
+start_bg images tools/images/build.sh
+wait_bg binaries
 bin_dir="$(tail -1 "$logs_dir/binaries.log")"
-wait_or_show "$images_pid" images
+wait_bg images
 grep " built in " "$logs_dir/images.log" | sed 's/^/    /'
 
 log "starting a control plane of its own in $DTJ_TESTENV_DIR"
@@ -72,14 +75,13 @@ log "helm install diffusion-operator helm/diffusion-operator -n $namespace"
   -n "$namespace" --create-namespace --set image.repository="$repository/operator" \
   --set image.tag="$tag" --set replicaCount=1 --set operator.progressIntervalSeconds=2 \
   --wait --timeout 180s >"$logs_dir/helm.log"
-# The job's data volume: the host's $pv_dir, written by the workers' uid 1000.
+# The job's data volume: the host's $pv_dir, where the workers' uid 1000 writes checkpoints.
 chmod 0777 "$pv_dir"
 sed -e "s|HOST_PATH|$pv_dir|" -e "s|namespace: default|namespace: $namespace|" \
   tools/node/demo-storage.yaml | kubectl apply -f - >/dev/null
-if [ -n "${synth_pid:-}" ]; then
-  wait_or_show "$synth_pid" synth
-  synth_pid=""
-fi
+[ -z "${background_pids[synth]:-}" ] || wait_bg synth
+# Written by root here, read by uid 1000 there (safetensors files are created 0600).
+chmod -R a+rX "$pv_dir/synthetic"
 
 log "kubectl apply -n $namespace -f manifests/examples/$job.yaml (image: the trainer built here)"
 sed "s|image: .*|image: $repository/trainer:$tag|" "manifests/examples/$job.yaml" |

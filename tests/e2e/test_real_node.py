@@ -54,7 +54,8 @@ def real_node(control_plane, tmp_path_factory) -> Iterator[dict[str, str]]:
     yield images
     run_script(ROOT / "tools" / "node" / "down.sh", env=env, timeout_s=180)
     assert NODE_NAME not in control_plane.kubectl("get", "nodes", "-o", "name")
-    assert not [line for line in Path("/proc/mounts").read_text().splitlines() if str(node_dir) in line]
+    mounts = Path("/proc/mounts").read_text()
+    assert str(node_dir) not in mounts, "the kubelet's mounts outlived the node"
     assert not node_dir.exists()
 
 
@@ -107,7 +108,7 @@ def test_helm_installed_operator_pod_runs_the_documented_first_job_in_containers
         log = control_plane.kubectl("logs", "-n", namespace, worker["metadata"]["name"])
         assert "step=100/100" in log, log[-2000:]
     finally:
-        helm(control_plane, tool_bin_dir, "uninstall", release, f"--namespace={namespace}", "--wait")
+        helm(control_plane, tool_bin_dir, "uninstall", release, f"-n={namespace}", "--wait")
     wait_until(
         lambda: not pods_of(control_plane, namespace, "app.kubernetes.io/instance=" + release),
         timeout_s=60, what="the operator pod gone",
