@@ -28,6 +28,22 @@ def control_plane() -> Iterator:
         controlplane.stop_control_plane()
 
 
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, str]:
+    """{"operator": image, "trainer": image}: both Dockerfiles built here once per session
+    (tools/images/build.sh; cached layers make a rebuild of unchanged sources quick)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [str(root / "tools" / "images" / "build.sh")],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    images = [line.split()[0] for line in result.stdout.splitlines() if " built in " in line]
+    return {image.rsplit("/", 1)[1].split(":")[0]: image for image in images}
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield

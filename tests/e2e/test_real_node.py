@@ -32,18 +32,11 @@ def run_script(*args: str, env: dict[str, str], timeout_s: float) -> str:
     return result.stdout
 
 
-def build_images() -> dict[str, str]:
-    """{"operator": image, "trainer": image} from tools/images/build.sh (cached layers)."""
-    built = run_script(ROOT / "tools" / "images" / "build.sh", env=dict(os.environ), timeout_s=1800)
-    images = [line.split()[0] for line in built.splitlines() if " built in " in line]
-    return {image.rsplit("/", 1)[1].split(":")[0]: image for image in images}
-
-
 @pytest.fixture(scope="module")
-def real_node(control_plane, tmp_path_factory) -> Iterator[dict[str, str]]:
+def real_node(control_plane, built_images, tmp_path_factory) -> Iterator[dict[str, str]]:
     """The node against the session control plane with the images imported; the trainer also
     under the release name the example asks for. Yields the images by role."""
-    images = build_images()
+    images = built_images
     node_dir = tmp_path_factory.mktemp("real-node")
     env = {**os.environ, "DTJ_NODE_DIR": str(node_dir), "DTJ_NODE_NAME": NODE_NAME}
     release_trainer = yaml.safe_load(EXAMPLE.read_text())["spec"]["image"]

@@ -33,23 +33,14 @@ PODMAN = ROOT / "tools" / "images" / "podman.sh"
 CONFIG_DIR = "/etc/dtj-operator"
 
 
-def build_image(name: str) -> str:
-    result = subprocess.run(
-        [str(ROOT / "tools" / "images" / "build.sh"), name],
-        capture_output=True, text=True, timeout=1800, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout.split()[0]
+@pytest.fixture(scope="session")
+def operator_image(built_images) -> str:
+    return built_images["operator"]
 
 
 @pytest.fixture(scope="session")
-def operator_image() -> str:
-    return build_image("operator")
-
-
-@pytest.fixture(scope="session")
-def trainer_image() -> str:
-    return build_image("trainer")
+def trainer_image(built_images) -> str:
+    return built_images["trainer"]
 
 
 def podman(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
