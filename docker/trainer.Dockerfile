@@ -28,19 +28,17 @@ RUN mkdir -p /opt/python && \
 WORKDIR /src
 # uv's download cache is a build cache mount: kept between builds, never in a layer.
 # Dependencies first (the large layer), so that source edits reuse it.
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra trainer --extra cloud --no-install-project
 
 FROM deps AS build
+COPY README.md ./
 COPY operator ./operator
 COPY trainer ./trainer
-# The project alone, installed from its wheel without dependencies; its files (packages with
-# their bytecode, metadata, entry points) are gathered under /project for a small layer of their own.
+# The project alone, from its wheel and without dependencies, installed under /project (its
+# packages with their bytecode, metadata and entry points) for a small layer of its own.
 RUN --mount=type=cache,target=/root/.cache/uv uv build --wheel --out-dir /dist && \
-    uv pip install --python /opt/venv/bin/python --no-deps /dist/*.whl && \
-    mkdir /project && cd /opt/venv/lib/python3*/site-packages && \
-    cut -d, -f1 diffusion_operator-*.dist-info/RECORD | sed -E 's|^([^./][^/]*)/.*|\1|' | \
-    sort -u | xargs realpath -m | sed "s|^/||" | (cd / && xargs cp -a --parents -t /project)
+    uv pip install --python /opt/venv/bin/python --prefix /project/opt/venv --no-deps /dist/*.whl
 
 FROM ${CUDA_BASE_IMAGE}
 LABEL org.opencontainers.image.title="diffusion-trainer" \

@@ -25,7 +25,7 @@ def run_operator(args: argparse.Namespace) -> int:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         standalone=True,
-        identity=identity(settings),
+        identity=identity(settings),  # type: ignore[arg-type]  # kopf's NewType of str
     )
     del handlers  # imported for its registrations
     return 0
