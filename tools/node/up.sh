@@ -120,8 +120,11 @@ import_image() {  # image[=alias]: from podman's store, once per image ID
   if ! { [ -f "$marker" ] && [ "$(cat "$marker")" = "$id" ] && ctr_ images check "name==$1" \
     2>/dev/null | grep -q complete; }; then
     log "importing $1 into the node's containerd"
-    # The previous build's layers go first (garbage collected once unnamed): gigabytes each.
-    ctr_ images rm "$1" ${alias:+"$alias"} >/dev/null 2>&1 || true
+    # The previous build's layers go first (garbage collected once unnamed): gigabytes each. The
+    # CRI plugin names every image by its ID as well.
+    local previous=""
+    [ ! -f "$marker" ] || previous="sha256:$(cat "$marker")"
+    ctr_ images rm --sync "$1" ${alias:+"$alias"} ${previous:+"$previous"} >/dev/null 2>&1 || true
     "$root/tools/images/podman.sh" save --format docker-archive "$1" | ctr_ images import - >/dev/null
     mkdir -p "$imported_dir"
     echo "$id" >"$marker"
