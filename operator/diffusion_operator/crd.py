@@ -46,6 +46,8 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
     out: dict[str, Any] = {k: v for k, v in schema.items() if k not in DROPPED_KEYS}
     if out.get("default", 0) is None:
         del out["default"]
+    if schema.get("x-kubernetes-int-or-string"):
+        out["anyOf"] = schema["anyOf"]  # the two member types, as Kubernetes spells int-or-string
     if "const" in out:
         out["enum"] = [out.pop("const")]
     if "exclusiveMinimum" in out:
@@ -73,7 +75,7 @@ def _resolve_wrappers(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str,
     if "allOf" in outer and len(outer["allOf"]) == 1:
         target = outer.pop("allOf")[0]
         return _resolve_wrappers({**target, **outer}, defs)
-    if "anyOf" in outer:
+    if "anyOf" in outer and not outer.get("x-kubernetes-int-or-string"):
         members = [m for m in outer.pop("anyOf") if m.get("type") != "null"]
         if len(members) != 1:
             raise ValueError(f"cannot express a union of {len(members)} types structurally")

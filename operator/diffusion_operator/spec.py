@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from diffusion_operator.cel import (
     ENV_VAR_RULES,
@@ -45,7 +45,32 @@ PartialTraining = make_partial(TrainingConfig)
 PartialEval = make_partial(EvalConfig)
 PartialCheckpoint = make_partial(CheckpointConfig)
 
-Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)]
+
+def quantity_as_string(value: object) -> object:
+    """An unquoted quantity (`cpu: 8`) arrives as an integer, as Kubernetes accepts it."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# Integer or string, as core Kubernetes quantities are (`cpu: 8` and `cpu: "8"`); kept a string.
+Quantity = Annotated[
+    str,
+    BeforeValidator(quantity_as_string),
+    Field(pattern=QUANTITY_PATTERN, max_length=32),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,  # strings only
+            "maxLength": 32,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) != int || self >= 0",
+                    "message": "a quantity cannot be negative: write e.g. 8 or '500m'",
+                }
+            ],
+        }
+    ),
+]
 ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)]
 
 
@@ -104,10 +129,13 @@ class Resources(Section):
             description="torchrun processes per pod; default: gpusPerNode, or 1 on CPU.",
         ),
     ] = None
-    cpu: Annotated[Quantity | None, Field(description="CPU request and limit per pod.")] = None
-    memory: Annotated[Quantity | None, Field(description="Memory request and limit per pod.")] = (
-        None
-    )
+    cpu: Annotated[
+        Quantity | None,
+        Field(description="CPU request and limit per pod: 8 or '500m' (a fraction is quoted)."),
+    ] = None
+    memory: Annotated[
+        Quantity | None, Field(description="Memory request and limit per pod, e.g. 64Gi.")
+    ] = None
     shm_size: Annotated[
         Quantity, Field(description="Size of the memory-backed /dev/shm (DataLoader, NCCL).")
     ] = "16Gi"

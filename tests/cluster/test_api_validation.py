@@ -79,6 +79,8 @@ INVALID = [
         "spec.env[0].valueFrom.configMapKeyRef",
     ),
     ("shm-size", with_changes(resources={"shmSize": "lots"}), "spec.resources.shmSize"),
+    ("negative-cpu", with_changes(resources={"cpu": -2}), "a quantity cannot be negative"),
+    ("fractional-number", with_changes(resources={"cpu": 0.5}), "spec.resources.cpu"),
     ("gpus-range", with_changes(resources={"gpusPerNode": 17}), "spec.resources.gpusPerNode"),
     (
         "checkpoint-scheme",
@@ -147,6 +149,14 @@ def test_valid_spec_is_accepted_with_defaults(dtjs):
         "rollbackCheckpoints": 1,
         "maxRollbacks": 3,
     }
+
+
+def test_quantities_are_integers_or_strings_as_in_core_kubernetes(dtjs):
+    spec = with_changes(resources={"cpu": 8, "memory": "3Gi", "shmSize": 1073741824})
+    code, output = dtjs.apply(manifest("unquoted", spec))
+    assert code == 0, output
+    resources = dtjs.get("unquoted")["spec"]["resources"]
+    assert (resources["cpu"], resources["shmSize"]) == (8, 1073741824)  # stored as written
 
 
 def test_object_store_uris_and_rules_are_accepted(dtjs):

@@ -107,3 +107,16 @@ def test_user_env_overrides_defaults_and_capabilities_are_opt_in():
 def test_queue_name_becomes_the_kueue_label():
     _, _, job = build_children(ROOT / "manifests" / "examples" / "sd2-base-512.yaml")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "a100-training"
+
+
+def test_unquoted_quantities_reach_the_pod_as_strings():
+    body = yaml.safe_load((ROOT / "manifests" / "examples" / "tiny-cpu.yaml").read_text())
+    body["spec"]["resources"].update(cpu=2, memory=3221225472)
+    spec = DiffusionTrainingJobSpec.model_validate(body["spec"])
+    owner = Owner(name="q", namespace="team-a", uid="00000000-0000-0000-0000-000000000002")
+    job = build_worker_job(owner, spec, AttemptInputs(attempt=1, resume_from=None))
+    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert (limits["cpu"], limits["memory"]) == ("2", "3221225472")
+    body["spec"]["resources"]["cpu"] = True  # YAML's `yes`: not a quantity
+    with pytest.raises(ValueError, match="resources.cpu"):
+        DiffusionTrainingJobSpec.model_validate(body["spec"])

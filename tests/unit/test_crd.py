@@ -29,6 +29,10 @@ def test_committed_crd_matches_the_models():
 def test_schema_is_structural():
     schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in walk(schema):
+        if node.get("x-kubernetes-int-or-string"):  # the one anyOf Kubernetes allows
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            assert "type" not in node, path
+            continue
         assert not {"$ref", "anyOf", "allOf", "oneOf", "prefixItems", "title"} & node.keys(), path
         if not node.get("x-kubernetes-preserve-unknown-fields"):
             assert "type" in node, f"{path} has no type"
@@ -60,3 +64,11 @@ def test_crd_yaml_has_no_anchors():
     text = render_crd_yaml()
     assert "&id" not in text and "*id" not in text
     assert yaml.safe_load(text)["kind"] == "CustomResourceDefinition"
+
+
+def test_quantities_are_int_or_string():
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    resources = schema["properties"]["spec"]["properties"]["resources"]["properties"]
+    for field in ("cpu", "memory", "shmSize"):
+        assert resources[field]["x-kubernetes-int-or-string"] is True, field
+        assert "pattern" in resources[field], field
