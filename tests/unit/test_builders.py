@@ -118,5 +118,5 @@ def test_unquoted_quantities_reach_the_pod_as_strings():
     limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert (limits["cpu"], limits["memory"]) == ("2", "3221225472")
     body["spec"]["resources"]["cpu"] = True  # YAML's `yes`: not a quantity
-    with pytest.raises(ValueError, match="resources.cpu"):
+    with pytest.raises(ValueError, match=r"resources\.cpu"):
         DiffusionTrainingJobSpec.model_validate(body["spec"])
