@@ -94,7 +94,11 @@ SPEC_RULES: list[JsonValue] = [
     },
     {
         "rule": _optional_unchanged_unless_suspended("preset"),
-        "message": "spec.preset cannot change while the job is active; create a new job",
+        "message": (
+            "spec.preset can change only while the job is suspended (spec.runPolicy.suspend:"
+            " true); the next attempt resumes the latest checkpoint under the new preset, so it"
+            " must keep the model (e.g. sd2-base-256 to sd2-base-512); else create a new job"
+        ),
         "fieldPath": ".preset",
     },
     {

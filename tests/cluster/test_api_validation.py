@@ -181,6 +181,17 @@ def test_nodes_cannot_change_unless_suspended(dtjs):
     assert code == 0, output
 
 
+def test_preset_changes_only_while_suspended_and_says_so(dtjs):
+    assert dtjs.apply(manifest("grow", with_changes(preset="sd2-base-256")))[0] == 0
+    code, output = dtjs.apply(manifest("grow", with_changes(preset="sd2-base-512")))
+    assert code != 0
+    assert "spec.preset can change only while the job is suspended" in output, output
+    suspended = with_changes(preset="sd2-base-256", runPolicy={"suspend": True})
+    assert dtjs.apply(manifest("grow", suspended))[0] == 0
+    moved = with_changes(preset="sd2-base-512", runPolicy={"suspend": True})
+    assert dtjs.apply(manifest("grow", moved))[0] == 0
+
+
 def test_explain_describes_the_training_section(control_plane, crd):
     text = control_plane.kubectl("explain", "dtj.spec.training")
     assert "globalBatchSize" in text

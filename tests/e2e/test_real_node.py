@@ -106,6 +106,8 @@ def test_helm_installed_operator_pod_runs_the_documented_first_job_in_containers
         lambda: not pods_of(control_plane, namespace, "app.kubernetes.io/instance=" + release),
         timeout_s=60, what="the operator pod gone",
     )  # fmt: skip
+    # Uninstalling the operator keeps the CRD (Helm never deletes crds/), the job and its record.
+    assert job_phase(control_plane, namespace, name) == "Succeeded"
 
 
 def job_phase(control_plane, namespace: str, name: str) -> str:
