@@ -3,7 +3,8 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Prefix of every resource name: <release>-diffusion-operator unless overridden. */}}
+{{/* Prefix of every resource name: the release name if it contains the chart name, else
+<release>-diffusion-operator; fullnameOverride replaces it. */}}
 {{- define "diffusion-operator.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
