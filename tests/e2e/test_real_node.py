@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,9 @@ def test_helm_installed_operator_pod_runs_the_documented_first_job_in_containers
         # Logs served by the real kubelet, through the API server.
         log = control_plane.kubectl("logs", "-n", namespace, worker["metadata"]["name"])
         assert "step=100/100" in log, log[-2000:]
+        assert "step=100/100" in kubectl_dtj(control_plane, namespace, "logs", name).stdout
+        no_rank = kubectl_dtj(control_plane, namespace, "logs", name, "--rank", "1")
+        assert "has no rank 1 (ranks: 0)" in no_rank.stderr, no_rank.stderr
     finally:
         helm(control_plane, tool_bin_dir, "uninstall", release, f"-n={namespace}", "--wait")
     wait_until(
@@ -108,6 +112,14 @@ def test_helm_installed_operator_pod_runs_the_documented_first_job_in_containers
     )  # fmt: skip
     # Uninstalling the operator keeps the CRD (Helm never deletes crds/), the job and its record.
     assert job_phase(control_plane, namespace, name) == "Succeeded"
+
+
+def kubectl_dtj(control_plane, namespace: str, *args: str) -> subprocess.CompletedProcess:
+    plugin = Path(sys.executable).parent / "kubectl-dtj"
+    return subprocess.run(
+        [str(plugin), f"--kubeconfig={control_plane.kubeconfig}", "-n", namespace, *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def job_phase(control_plane, namespace: str, name: str) -> str:

@@ -1,0 +1,1 @@
+"""`kubectl dtj`: DiffusionTrainingJobs from the terminal, as a kubectl plugin."""

@@ -1,0 +1,56 @@
+"""`kubectl dtj logs`: rank N's log of an attempt, read from the cluster (the pod's container log
+through the API server), as `kubectl logs` would."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from diffusion_operator import constants as c
+from diffusion_operator.kubectl_plugin.connection import Connection
+
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+class LogsError(RuntimeError):
+    """No pod to read: a clear sentence for the user."""
+
+
+def pod_rank(pod: Any) -> str:
+    return str((pod.metadata.labels or {}).get(COMPLETION_INDEX_LABEL, "?"))
+
+
+def select_pod(pods: list[Any], rank: int, attempt: int, job: str) -> Any:
+    """The newest pod of the attempt with that completion index (rank of the gang)."""
+    if not pods:
+        raise LogsError(
+            f"no pods of {job} attempt {attempt}: a restart deletes the previous attempt's"
+            " pods (and their logs); read older attempts from your cluster's log store"
+        )
+    ranked = [pod for pod in pods if pod_rank(pod) == str(rank)]
+    if not ranked:
+        ranks = ", ".join(sorted({pod_rank(pod) for pod in pods}))
+        raise LogsError(f"{job} attempt {attempt} has no rank {rank} (ranks: {ranks})")
+    return max(ranked, key=lambda pod: pod.metadata.creation_timestamp)
+
+
+def print_logs(
+    conn: Connection, job: str, rank: int, attempt: int | None, *, follow: bool, tail: int | None
+) -> None:
+    if attempt is None:
+        status = (
+            conn.custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, conn.namespace, c.PLURAL, job
+            ).get("status")
+            or {}
+        )
+        attempt = int(status.get("attempt") or 1)
+    selector = f"{c.LABEL_JOB_NAME}={job},{c.LABEL_ATTEMPT}={attempt}"
+    pods = conn.core.list_namespaced_pod(conn.namespace, label_selector=selector).items
+    pod = select_pod(pods, rank, attempt, job)
+    response = conn.core.read_namespaced_pod_log(
+        pod.metadata.name, conn.namespace, follow=follow, tail_lines=tail, _preload_content=False
+    )
+    for chunk in response.stream(amt=4096):
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
