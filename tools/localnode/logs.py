@@ -1,13 +1,17 @@
-"""Find and print the logs the agent keeps per pod (`dtj logs JOB [--rank N] [--attempt N]`)."""
+"""Find and print the logs the agent keeps per pod:
+`PYTHONPATH=tools python -m localnode.logs JOB [--rank N] [--attempt N] [-n NS] [--state-dir D]`.
+(A real node serves its pods' logs through the API server: `kubectl dtj logs`.)"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_STATE_DIR = Path("/tmp/dtj-demo/localnode")
+DEFAULT_STATE_DIR = Path("/tmp/dtj-localnode")
 JOB_LABEL = "diffusion.dev/job-name"
 ATTEMPT_LABEL = "diffusion.dev/attempt"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -52,3 +56,25 @@ def select_log(logs: list[PodLog], rank: int, attempt: int | None) -> PodLog | N
         attempt = max(entry.attempt for entry in logs)
     matches = [e for e in logs if e.attempt == attempt and e.rank == rank]
     return matches[-1] if matches else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localnode.logs", description=__doc__)
+    parser.add_argument("job")
+    parser.add_argument("--rank", type=int, default=0, help="node rank (completion index)")
+    parser.add_argument("--attempt", type=int, default=None, help="default: the latest")
+    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument("--state-dir", type=Path, default=None, help="default: $DTJ_LOCALNODE_DIR")
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir or state_dir_from_env()
+    entry = select_log(list_pod_logs(state_dir, args.job, args.namespace), args.rank, args.attempt)
+    if entry is None:
+        where = f"{args.namespace}/{args.job} rank {args.rank}"
+        print(f"no local logs for {where} under {state_dir}", file=sys.stderr)
+        return 1
+    sys.stdout.write(entry.path.read_text(errors="replace"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
