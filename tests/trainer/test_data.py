@@ -126,7 +126,7 @@ def test_loader_resumes_mid_epoch_exactly(synth_dataset: Any, num_before: int) -
         assert sorted(first_epoch) == list(range(192))  # an epoch is a permutation
 
 
-def test_convert_image_folder(tmp_path: Path) -> None:
+def test_convert_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     Image.new("RGB", (80, 60), (255, 0, 0)).save(images / "red.png")
@@ -137,6 +137,7 @@ def test_convert_image_folder(tmp_path: Path) -> None:
     )
     out = tmp_path / "mds"
     assert run_data_command(["convert", "--images", str(images), "--out", str(out)]) == 0
+    assert "converting: 2 images" in capsys.readouterr().err  # the count and the rate, on stderr
     converted = LocalDataset(str(out))
     assert sorted(converted[i]["caption"] for i in range(2)) == ["a red rectangle", "blue"]
     assert (images / "red.png").read_bytes() in {converted[i]["image"] for i in range(2)}

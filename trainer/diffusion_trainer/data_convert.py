@@ -18,6 +18,7 @@ from typing import Any
 from streaming import MDSWriter
 
 from diffusion_trainer.data import RAW_COLUMNS
+from diffusion_trainer.progress_bar import progress_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 METADATA_FILE = "metadata.jsonl"
@@ -79,10 +80,14 @@ def iterate_parquet(
 
 def write_raw_dataset(samples: Iterator[tuple[bytes, str]], out: str) -> int:
     num_samples = 0
-    with MDSWriter(out=out, columns=RAW_COLUMNS, size_limit=1 << 26) as writer:
+    with (
+        MDSWriter(out=out, columns=RAW_COLUMNS, size_limit=1 << 26) as writer,
+        progress_bar("converting", unit=" images") as bar,
+    ):
         for image, caption in samples:
             writer.write({"image": image, "caption": caption})
             num_samples += 1
+            bar.update()
     return num_samples
 
 

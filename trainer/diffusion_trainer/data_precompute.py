@@ -29,6 +29,7 @@ from diffusion_trainer.encoders import (
     load_vae,
     vae_scaling_factor,
 )
+from diffusion_trainer.progress_bar import progress_bar
 
 log = logging.getLogger(__name__)
 SHARD_SIZE_LIMIT = 1 << 26  # 64 MiB shards
@@ -62,11 +63,13 @@ def write_latent_records(
     encoders: Encoders,
     batches: Iterator[tuple[torch.Tensor, list[str]]],
     out: str,
+    num_expected: int | None = None,
 ) -> int:
     """Encode `batches` into an MDS dataset at `out`; returns the number of samples written."""
     scale = vae_scaling_factor(encoders.vae)
     writer: MDSWriter | None = None
     num_samples = 0
+    bar = progress_bar("encoding latents", total=num_expected)
     try:
         for pixels, captions in batches:
             latents, hidden = encode_batch(encoders, pixels, captions)
@@ -83,7 +86,9 @@ def write_latent_records(
                     }
                 )
                 num_samples += 1
+            bar.update(len(captions))
     finally:
+        bar.close()
         if writer is not None:
             writer.finish()
     return num_samples
@@ -114,7 +119,7 @@ def precompute_partition(
     indices = slice_for_rank(len(dataset), rank, world_size)
     target = out if world_size == 1 else partition_path(out, rank)
     batches = iterate_batches(dataset, indices, resolution, batch_size)
-    num_written = write_latent_records(encoders, batches, target)
+    num_written = write_latent_records(encoders, batches, target, num_expected=len(indices))
     log.info("rank %d wrote %d samples to %s", rank, num_written, target)
     return num_written
 

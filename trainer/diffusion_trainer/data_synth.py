@@ -26,6 +26,7 @@ from diffusion_trainer.data import RAW_COLUMNS, load_image_pixels
 from diffusion_trainer.data_precompute import iterate_batches, load_encoders, write_latent_records
 from diffusion_trainer.empty_caption import write_empty_caption
 from diffusion_trainer.fid_features import write_tiny_fid_features
+from diffusion_trainer.progress_bar import progress_bar
 from diffusion_trainer.synthetic_shapes import CAPTION_WORDS, COLOURS, SHAPES, draw_shape
 from diffusion_trainer.tiny_clip import write_tiny_clip
 from diffusion_trainer.tiny_encoders import write_tiny_encoders
@@ -49,13 +50,17 @@ def write_raw_shapes(out: Path, num_samples: int, resolution: int, seed: int) ->
     rng = np.random.default_rng(seed)
     combos = list(itertools.product(COLOURS, SHAPES))
     captions = []
-    with MDSWriter(out=str(out), columns=RAW_COLUMNS, size_limit=1 << 22) as writer:
+    with (
+        MDSWriter(out=str(out), columns=RAW_COLUMNS, size_limit=1 << 22) as writer,
+        progress_bar("drawing shapes", total=num_samples, unit=" images") as bar,
+    ):
         for index in range(num_samples):
             colour, shape = combos[index % len(combos)]
             caption = f"a {colour} {shape}"
             image = draw_shape(shape, colour, resolution, rng)
             writer.write({"image": encode_png(image), "caption": caption})
             captions.append(caption)
+            bar.update()
     return captions
 
 
