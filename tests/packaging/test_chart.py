@@ -369,12 +369,18 @@ def node_reader(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in of_kind(objects, "ClusterRole") if r["metadata"]["name"].endswith("-reader")]
 
 
+def bound_cluster_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's ClusterRoles (the chart binds them); the user roles are only aggregated."""
+    bound = {b["roleRef"]["name"] for b in of_kind(objects, "ClusterRoleBinding")}
+    return [r for r in of_kind(objects, "ClusterRole") if r["metadata"]["name"] in bound]
+
+
 def test_namespaced_scope_binds_roles_in_each_watched_namespace(render):
     objects = render({"rbac.watchNamespaces": "{team-a,team-b}"})
-    # The only cluster-wide grant: reading nodes.
-    (reader,) = of_kind(objects, "ClusterRole")
+    # The operator's only cluster-wide grant: reading nodes.
+    (reader,) = bound_cluster_roles(objects)
     assert permissions(reader) == NODE_READER
-    assert not of_kind(render({"rbac.readNodes": "false"}), "ClusterRole")
+    assert not bound_cluster_roles(render({"rbac.readNodes": "false"}))
     roles = [r for r in of_kind(objects, "Role") if r not in leader_election_roles(objects)]
     assert {r["metadata"]["namespace"] for r in roles} == {"ops", "team-a", "team-b"}
     for role in roles:
@@ -394,7 +400,7 @@ def test_cluster_scope_uses_one_cluster_role(render):
     assert {b["roleRef"]["name"] for b in of_kind(objects, "RoleBinding")} == {
         "rel-diffusion-operator-leader-election"
     }
-    (role,) = [r for r in of_kind(objects, "ClusterRole") if r not in node_reader(objects)]
+    (role,) = [r for r in bound_cluster_roles(objects) if r not in node_reader(objects)]
     assert permissions(role) == OPERATOR_PERMISSIONS
     bindings = of_kind(objects, "ClusterRoleBinding")
     assert {b["roleRef"]["name"] for b in bindings} == {
@@ -562,3 +568,21 @@ def test_notes_point_at_an_example_that_exists():
     notes = (CHART_DIR / "templates" / "NOTES.txt").read_text()
     assert "-f manifests/examples/tiny-cpu.yaml" in notes
     assert Path(ROOT / "manifests" / "examples" / "tiny-cpu.yaml").is_file()
+
+
+def test_user_roles_aggregate_into_the_default_roles_unbound(render):
+    objects = render({})
+    users = [r for r in of_kind(objects, "ClusterRole") if r not in bound_cluster_roles(objects)]
+    aggregated = {
+        r["metadata"]["name"]: sorted(k for k in r["metadata"]["labels"] if "aggregate-to" in k)
+        for r in users
+    }
+    assert aggregated == {
+        "rel-diffusion-operator-view": ["rbac.authorization.k8s.io/aggregate-to-view"],
+        "rel-diffusion-operator-edit": [
+            "rbac.authorization.k8s.io/aggregate-to-admin",
+            "rbac.authorization.k8s.io/aggregate-to-edit",
+        ],
+    }
+    without = render({"rbac.aggregateToDefaultRoles": "false"})
+    assert of_kind(without, "ClusterRole") == bound_cluster_roles(without)

@@ -66,14 +66,22 @@ def granted(objects: list[dict[str, Any]]) -> Grants:
         ({"rbac.watchNamespaces": "{ml-team}"}, None),
         ({"rbac.readNodes": "false"}, "-node-reader"),
         ({"leaderElection.enabled": "false", "replicaCount": "1"}, "-leader-election"),
+        ({"rbac.aggregateToDefaultRoles": "false"}, ("-view", "-edit")),
     ],
-    ids=["default", "cluster-scope", "watch-namespaces", "no-node-reader", "no-leader-election"],
+    ids=[
+        "default",
+        "cluster-scope",
+        "watch-namespaces",
+        "no-node-reader",
+        "no-leader-election",
+        "no-user-roles",
+    ],
 )
 def test_install_doc_rbac_table_is_what_the_chart_grants(render, values, left_out):
     objects = render(values)
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     fullname = deployment["metadata"]["name"]
     expected = documented(fullname)
-    if left_out:
-        expected = {k: v for k, v in expected.items() if k[0] != fullname + left_out}
+    for suffix in (left_out,) if isinstance(left_out, str) else left_out or ():
+        expected = {k: v for k, v in expected.items() if k[0] != fullname + suffix}
     assert granted(objects) == expected
