@@ -85,12 +85,28 @@ def parse_spec(
             f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
         )
         return ParsedJob(None, None, f"invalid spec: {fields}")
+    refusal = service_account_refusal(spec.service_account_name, settings.allowed_service_accounts)
+    if refusal:
+        return ParsedJob(spec, None, refusal)
     default_uri = f"{settings.default_checkpoint_root.rstrip('/')}/{namespace}/{name}"
     try:
         config = render_trainer_config(spec, name, namespace, default_uri)
     except ConfigError as error:
         return ParsedJob(spec, None, str(error))
     return ParsedJob(spec, config, None)
+
+
+def service_account_refusal(name: str | None, allowed: list[str] | None) -> str | None:
+    """Why the workers may not run as `name`: the cluster admin's allowlist (chart value
+    workerServiceAccount.allowed) decides which identities jobs may borrow."""
+    if name is None or allowed is None or "*" in allowed or name in allowed:
+        return None
+    listed = ", ".join(allowed) or "none"
+    return (
+        f"spec.serviceAccountName {name!r} is not allowed for workers (allowed: {listed}; or"
+        " leave it unset for the namespace's default); a cluster admin allows it with the"
+        " chart value workerServiceAccount.allowed"
+    )
 
 
 def reconcile(ctx: PassContext, key: str) -> float | None:

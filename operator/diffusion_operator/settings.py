@@ -52,6 +52,15 @@ class OperatorSettings(BaseModel):
         Literal["pod-ip", "service-dns"],
         Field(description="How to reach rank 0's progress endpoint."),
     ] = "pod-ip"
+    allowed_service_accounts: Annotated[
+        list[str] | None,
+        Field(
+            description=(
+                "ServiceAccounts a job's spec.serviceAccountName may name ('*': any); unset: any."
+                " A job that names none runs as its namespace's default ServiceAccount."
+            )
+        ),
+    ] = None
 
 
 def lease_namespace(settings: OperatorSettings, environ: dict[str, str] | None = None) -> str:
@@ -76,5 +85,6 @@ def load_settings(environ: dict[str, str] | None = None) -> OperatorSettings:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        values[name] = [n for n in raw.split(",") if n] if name == "namespaces" else raw
+        is_list = name in ("namespaces", "allowed_service_accounts")
+        values[name] = [n.strip() for n in raw.split(",") if n.strip()] if is_list else raw
     return OperatorSettings.model_validate(values)

@@ -246,6 +246,15 @@ def test_operator_settings_are_valid_operator_settings(render):
     assert settings.lease_duration_s == 15
     assert settings.lease_name == "rel-diffusion-operator"  # one Lease per release
     assert lease_namespace(settings, environ={}) == "ops"
+    # Workers may run as the chart's worker ServiceAccount only, unless more are allowed.
+    assert settings.allowed_service_accounts == ["rel-diffusion-operator-worker"]
+    more = env_of(operator_container(render({"workerServiceAccount.allowed": "{etl}"})))
+    assert load_settings(
+        {k: v for k, v in more.items() if v is not None}
+    ).allowed_service_accounts == [
+        "rel-diffusion-operator-worker",
+        "etl",
+    ]
     off = env_of(
         operator_container(render({"replicaCount": "1", "leaderElection.enabled": "false"}))
     )
