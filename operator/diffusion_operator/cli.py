@@ -7,6 +7,8 @@ import argparse
 import sys
 from importlib.metadata import version
 
+from diffusion_operator.selfcheck import add_selfcheck_parser
+
 
 def run_operator(args: argparse.Namespace) -> int:
     import kopf
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     crd.set_defaults(func=print_crd)
     sub.add_parser("data", help="dataset tools (dtj data --help)", add_help=False)
     sub.add_parser("eval", help="FID/CLIP of a checkpoint (dtj eval --help)", add_help=False)
+    add_selfcheck_parser(sub)
     return parser
 
 

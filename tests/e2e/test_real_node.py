@@ -80,6 +80,8 @@ def test_helm_installed_operator_pod_runs_the_documented_first_job_in_containers
         (operator_pod,) = pods_of(control_plane, namespace, "app.kubernetes.io/instance=" + release)
         assert operator_pod["spec"]["nodeName"] == NODE_NAME
         assert operator_pod["status"]["containerStatuses"][0]["ready"] is True
+        tested = helm(control_plane, tool_bin_dir, "test", release, f"-n={namespace}", "--logs")
+        assert "served" in tested and f"leads (Lease {namespace}/" in tested, tested
 
         name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
         control_plane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))

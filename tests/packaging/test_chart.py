@@ -174,6 +174,19 @@ def test_chart_crd_is_the_generated_crd():
     )
 
 
+def test_chart_readme_is_generated_from_values():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools/packaging/chart_readme.py")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    readme = (CHART_DIR / "README.md").read_text()
+    assert result.stdout == readme, (
+        "helm/diffusion-operator/README.md is stale: run `make manifests`"
+    )
+    assert "| `workerServiceAccount.allowed` | `[]` |" in readme
+
+
 def test_install_manifests_are_rendered_from_the_chart(helm):
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools/packaging/render_manifests.py"), f"--helm={helm}"],

@@ -55,6 +55,7 @@ def render_chart(helm: Path) -> str:
             f"--namespace={NAMESPACE}",
             f"--kube-version={KUBE_VERSION}",
             "--include-crds",
+            "--skip-tests",  # the helm test hook has no place in plain manifests
         ],
         capture_output=True,
         text=True,
