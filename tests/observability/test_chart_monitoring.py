@@ -120,3 +120,48 @@ def test_a_rule_file_without_groups_fails_the_render(helm, tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "rules/broken.yaml is not a Prometheus rule file" in result.stderr
+
+
+def test_alerts_are_tuned_through_values_and_still_pass_promtool(helm, promtool, tmp_path):
+    tuning = {
+        "DiffusionTrainingThroughputDropped": {"for": "30m", "labels": {"severity": "info"}},
+        "DiffusionTrainingLossNaN": {"enabled": False},
+    }
+    result = run_tool(
+        helm, "template", "rel", CHART_DIR, "--namespace=ops", f"--kube-version={KUBE_VERSION}",
+        f"--api-versions={PROMETHEUS_OPERATOR_API}", "--set=monitoring.rules.labels.team=ml",
+        "--set=monitoring.rules.runbookBaseUrl=https://wiki.example/dtj",
+        f"--set-json=monitoring.rules.alerts={json.dumps(tuning)}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    groups = rule_groups([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+    rules = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert "DiffusionTrainingLossNaN" not in rules
+    assert sorted(rules) == sorted({*ALERTS, OPERATOR_DOWN} - {"DiffusionTrainingLossNaN"})
+    dropped = rules["DiffusionTrainingThroughputDropped"]
+    assert (dropped["for"], dropped["labels"]["severity"]) == ("30m", "info")
+    assert all(r["labels"]["team"] == "ml" for r in rules.values())
+    assert rules[OPERATOR_DOWN]["annotations"]["runbook_url"] == (
+        "https://wiki.example/dtj#diffusionoperatordown"
+    )
+    rule_file = tmp_path / "tuned-rules.yaml"
+    rule_file.write_text(yaml.safe_dump({"groups": groups}))
+    check = run_tool(promtool, "check", "rules", "--lint=all", "--lint-fatal", rule_file)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_sidecar_label_is_a_value(helm):
+    result = run_tool(
+        helm, "template", "rel", CHART_DIR, "--namespace=ops", f"--kube-version={KUBE_VERSION}",
+        "--set=dashboards.sidecarLabel.key=dashboards.example/grafana",
+        "--set=dashboards.sidecarLabel.value=training",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    labels = [
+        cm["metadata"]["labels"]
+        for cm in yaml.safe_load_all(result.stdout)
+        if cm and cm["kind"] == "ConfigMap" and "-dashboard-" in cm["metadata"]["name"]
+    ]
+    assert len(labels) == len(DASHBOARD_FILES)
+    assert all(label["dashboards.example/grafana"] == "training" for label in labels)
+    assert not any("grafana_dashboard" in label for label in labels)
