@@ -32,6 +32,9 @@ SETTLE_S = 5.0
 # The operator's hang check is a backstop behind the trainer's own watchdog (which dumps every
 # rank's stacks and exits as Hang): it fires this much later than hangTimeoutSeconds.
 HANG_BACKSTOP_FACTOR = 1.25
+# Before its first reported step the trainer's own watchdog decides (the first report can be a
+# log interval away): the backstop waits longer, so that it never races the watchdog's dump.
+HANG_BACKSTOP_FIRST_STEP_FACTOR = 3.0
 
 
 @dataclass
@@ -121,14 +124,17 @@ class AttemptWatch:
         if advanced is None or running is None:
             return None
         since = max(advanced, running)
-        limit_s = timeout_s * HANG_BACKSTOP_FACTOR
+        first_step = progress.step is None
+        limit_s = timeout_s * (
+            HANG_BACKSTOP_FIRST_STEP_FACTOR if first_step else HANG_BACKSTOP_FACTOR
+        )
         idle_s = (self.now - since).total_seconds()
         if idle_s < limit_s:
             self.detection.recheck_after_s.append(limit_s - idle_s)
             return None
+        where = "no step reported" if first_step else f"step {progress.step} has not advanced"
         message = (
-            f"step {progress.step} has not advanced for {int(idle_s)}s "
-            f"(hangTimeoutSeconds={timeout_s}) while all workers run"
+            f"{where} for {int(idle_s)}s (hangTimeoutSeconds={timeout_s}) while all workers run"
         )
         return Failure("Hang", "StepStalled", message, failed_at=since, step=progress.step)
 

@@ -236,11 +236,11 @@ def test_expired_node_avoidance_is_dropped():
     assert created.status.avoided_nodes is None
 
 
-def hang_status(idle_s: float, activity: str = "training") -> dict:
+def hang_status(idle_s: float, activity: str = "training", step: int | None = 40) -> dict:
     return running_status(
         attemptRunningTime=format_time(NOW - timedelta(hours=1)),
         progress={
-            "step": 40,
+            "step": step,
             "activity": activity,
             "stepAdvancedAt": format_time(NOW - timedelta(seconds=idle_s)),
         },
@@ -368,6 +368,18 @@ def test_a_worker_the_job_controller_removed_does_not_hide_the_real_cause():
     plan = plan_reconcile(state(status), Observed([job(failure_target=True)], [crashed]), NOW)
     assert status_of(plan)["lastFailure"]["reason"] == "WorkerFailed"
     assert status_of(plan)["restarts"] == 1
+
+
+def test_before_its_first_step_the_trainer_watchdog_decides_first():
+    """No step reported yet (the first report is a log interval away): the backstop waits 3x the
+    timeout instead of 1.25x, so a hang the watchdog is dumping is reported as its Hang."""
+    observed = Observed([job()], [pod(0), pod(1)])
+    spec_fields = {"failurePolicy": {"hangTimeoutSeconds": 100, "maxRestarts": 1}}
+    waiting = plan_reconcile(state(hang_status(200, step=None), **spec_fields), observed, NOW)
+    assert "lastFailure" not in waiting.status
+    assert waiting.requeue_after_s == pytest.approx(100)
+    hung = plan_reconcile(state(hang_status(301, step=None), **spec_fields), observed, NOW)
+    assert "no step reported for 301s" in status_of(hung)["lastFailure"]["message"]
 
 
 def test_a_new_attempt_starting_up_is_never_a_hang():
