@@ -27,18 +27,19 @@ COPY trainer ./trainer
 RUN --mount=type=cache,target=/root/.cache/uv uv build --wheel --out-dir /dist && \
     uv pip install --python /opt/venv/bin/python --prefix /project/opt/venv --no-deps /dist/*.whl
 
-FROM ${PYTHON_IMAGE}
+# The image is the deps stage (its venv layer shared with the build cache) plus the project.
+FROM deps
 LABEL org.opencontainers.image.title="diffusion-operator" \
       org.opencontainers.image.description="Kubernetes operator for DiffusionTrainingJob" \
       org.opencontainers.image.licenses="Apache-2.0"
-# The locked dependencies in a layer that a source edit leaves as it is; the project on top.
-COPY --from=deps /opt/venv /opt/venv
+# The locked dependencies are the deps stage's layer, which a source edit leaves as it is.
 COPY --from=build /project/ /
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp
 # Numeric, so that Kubernetes can verify runAsNonRoot without /etc/passwd.
+WORKDIR /tmp
 USER 1000:1000
 # Liveness (/healthz) and Prometheus metrics.
 EXPOSE 8080 8000

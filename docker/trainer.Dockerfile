@@ -40,14 +40,14 @@ COPY trainer ./trainer
 RUN --mount=type=cache,target=/root/.cache/uv uv build --wheel --out-dir /dist && \
     uv pip install --python /opt/venv/bin/python --prefix /project/opt/venv --no-deps /dist/*.whl
 
-FROM ${CUDA_BASE_IMAGE}
+# The image is the deps stage (its venv layer shared with the build cache, not copied: 6.7 GB
+# less to write and store) plus the project's files.
+FROM deps
 LABEL org.opencontainers.image.title="diffusion-trainer" \
       org.opencontainers.image.description="FSDP2 Stable Diffusion trainer run by DiffusionTrainingJob workers" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=deps /opt/python /opt/python
-# The locked dependencies (gigabytes) in a layer that a source edit leaves as it is; the project
-# on top, without dependencies.
-COPY --from=deps /opt/venv /opt/venv
+# The locked dependencies (gigabytes) are the deps stage's layer, which a source edit leaves as
+# it is; the project goes on top, without dependencies.
 COPY --from=build /project/ /
 # Every cache lives under /tmp, a writable volume (an emptyDir in worker pods), so the image works
 # with a read-only root filesystem and never downloads into its own layers.
