@@ -11,13 +11,18 @@ NEEDS_JOB_NAME = ("describe", "logs", "suspend", "resume")
 NO_FILE_COMPLETION = ":4"
 
 
-def candidates(words: list[str], job_names: list[str]) -> list[str]:
+def completes_a_job_name(words: list[str]) -> bool:
     """words: the arguments after `dtj`, the last one being completed (maybe empty)."""
     positional = [w for w in words[:-1] if not w.startswith("-")]
+    return len(positional) == 1 and positional[0] in NEEDS_JOB_NAME
+
+
+def candidates(words: list[str], job_names: list[str]) -> list[str]:
+    """words: the arguments after `dtj`, the last one being completed (maybe empty)."""
     current = words[-1] if words else ""
-    if not positional:
+    if not [w for w in words[:-1] if not w.startswith("-")]:
         options = list(SUBCOMMANDS)
-    elif positional[0] in NEEDS_JOB_NAME and len(positional) == 1:
+    elif completes_a_job_name(words):
         options = job_names
     else:
         options = []
@@ -40,12 +45,7 @@ def job_names_in_current_namespace() -> list[str]:
 
 def main() -> int:
     words = sys.argv[1:]
-    positional = [w for w in words[:-1] if not w.startswith("-")]
-    names = (
-        job_names_in_current_namespace()
-        if positional[:1] and positional[0] in NEEDS_JOB_NAME
-        else []
-    )
+    names = job_names_in_current_namespace() if completes_a_job_name(words) else []
     for option in candidates(words, names):
         print(option)
     print(NO_FILE_COMPLETION)
