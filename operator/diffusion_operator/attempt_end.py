@@ -61,10 +61,21 @@ class AttemptWatch:
         failures += self.lost_workers(pods)
         self.detection.failure = self.settled(most_telling(failures), pods)
         if self.detection.failure is None and (job.failed or job.failure_target):
-            condition = "Failed" if job.failed else "FailureTarget"
-            message = f"the worker Job {job.name} has condition {condition} and no failed worker"
-            self.detection.failure = Failure("Error", "JobFailed", message)
+            self.detection.failure = self.job_failure(job)
         return self.detection
+
+    def job_failure(self, job: AttemptJob) -> Failure | None:
+        """The Job failed with no failed worker in sight: the pod that failed it may not have
+        reached this operator's watch yet (each kind has its own stream), so wait a moment
+        for the pod's own, more telling, failure before settling for the Job's."""
+        if job.failing_since is not None:
+            waited_s = (self.now - job.failing_since).total_seconds()
+            if waited_s < SETTLE_S:
+                self.detection.recheck_after_s.append(SETTLE_S - waited_s)
+                return None
+        condition = "Failed" if job.failed else "FailureTarget"
+        message = f"the worker Job {job.name} has condition {condition} and no failed worker"
+        return Failure("Error", "JobFailed", message)
 
     def settled(self, failure: Failure | None, pods: list[WorkerPod]) -> Failure | None:
         """The failure, or None for now while it is inconclusive, recent, and other workers

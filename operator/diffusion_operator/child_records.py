@@ -94,9 +94,9 @@ def training_job_record(obj: Obj) -> Obj:
 
 def to_attempt_job(obj: Obj) -> AttemptJob:
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-    conditions = {
-        cond.get("type"): cond.get("status") == "True" for cond in status.get("conditions") or []
-    }
+    true_conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+    conditions = {cond.get("type"): True for cond in true_conditions}
+    failing = [c for c in true_conditions if c.get("type") in ("Failed", "FailureTarget")]
     return AttemptJob(
         name=meta["name"],
         attempt=int((meta.get("labels") or {}).get(c.LABEL_ATTEMPT, "0")),
@@ -106,6 +106,10 @@ def to_attempt_job(obj: Obj) -> AttemptJob:
         deleting=meta.get("deletionTimestamp") is not None,
         spec_hash=(meta.get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH),
         failure_target=conditions.get("FailureTarget", False),
+        failing_since=min(
+            (t for c in failing if (t := parse_timestamp(c.get("lastTransitionTime")))),
+            default=None,
+        ),
     )
 
 

@@ -42,6 +42,8 @@ class AttemptJob:
     spec_hash: str | None = None  # None: made before the annotation existed
     # The Job controller decided the Job fails but waits for pods to terminate (k8s >= 1.31).
     failure_target: bool = False
+    # When the Failed or FailureTarget condition became true (None: unknown or not set).
+    failing_since: datetime | None = None
 
     @property
     def finished(self) -> bool:

@@ -157,6 +157,19 @@ def test_failure_target_ends_the_attempt_while_a_pod_is_still_terminating():
     assert plan.delete_jobs == ["sd-a1"]
 
 
+def test_a_failed_job_waits_briefly_for_the_pod_that_failed_it():
+    def plan_at(failing_for_s: float):
+        failing = job(failure_target=True, failing_since=NOW - timedelta(seconds=failing_for_s))
+        observed = Observed([failing], [pod(0), pod(1)])
+        return plan_reconcile(state(running_status()), observed, NOW)
+
+    waiting = plan_at(1)
+    assert status_of(waiting)["phase"] == "Running"
+    assert waiting.requeue_after_s == pytest.approx(4)
+    settled = plan_at(6)
+    assert condition(settled, "Restarting")["reason"] == "JobFailed"
+
+
 def test_a_worker_on_a_not_ready_node_ends_the_attempt_after_the_timeout():
     since = NOW - timedelta(seconds=20)
     unwell = pod(1, node_name="gpu-7", not_ready_since=since)

@@ -66,3 +66,18 @@ def test_a_read_node_and_a_watched_node_give_the_same_health():
             since,
             "NodeUnreachable",
         )
+
+
+def test_a_failing_jobs_condition_time_is_read():
+    from datetime import UTC, datetime
+
+    from diffusion_operator.child_records import to_attempt_job
+
+    obj = job_owned_by("new")
+    obj["status"]["conditions"] = [
+        {"type": "Suspended", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        {"type": "FailureTarget", "status": "True", "lastTransitionTime": "2026-01-01T00:00:07Z"},
+    ]
+    failing = to_attempt_job(obj)
+    assert failing.failure_target and not failing.failed and not failing.suspended
+    assert failing.failing_since == datetime(2026, 1, 1, 0, 0, 7, tzinfo=UTC)
