@@ -2,9 +2,11 @@
 # Build the local control plane binaries from Go modules (no Docker, no download sites) and cache
 # them outside the repository, keyed by versions. Prints the bin directory on stdout.
 #   build.sh                      every component (the test tiers)
-#   build.sh etcd kube            only these (the demo: no kwok, helm or promtool)
+#   build.sh etcd kube            only these (the demo: no kwok, helm, promtool or prometheus)
 # Components: etcd, kube (kube-apiserver, -controller-manager, -scheduler, kubectl), kubelet (the
-# real node: tools/node), kwok, helm, promtool. Each is built once into the shared bin directory and marked done on its own.
+# real node: tools/node), kwok, helm, promtool, prometheus (the server, without the web UI assets:
+# the dashboards are evaluated against it through its HTTP API). Each is built once into the shared
+# bin directory and marked done on its own.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -80,7 +82,10 @@ build_component() {  # name
       "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" ;;
     promtool) build_install promtool github.com/prometheus/prometheus/cmd/promtool \
       "$PROMETHEUS_VERSION" ;;
-    *) echo "unknown component $1 (etcd, kube, kubelet, kwok, helm, promtool)" >&2; exit 2 ;;
+    prometheus) build_install prometheus github.com/prometheus/prometheus/cmd/prometheus \
+      "$PROMETHEUS_VERSION" ;;
+    *) echo "unknown component $1 (etcd, kube, kubelet, kwok, helm, promtool, prometheus)" >&2
+      exit 2 ;;
   esac
 }
 
@@ -99,7 +104,7 @@ build_missing() {  # components...
 }
 
 components=("$@")
-[ "${#components[@]}" -gt 0 ] || components=(etcd kwok helm promtool kube kubelet)
+[ "${#components[@]}" -gt 0 ] || components=(etcd kwok helm promtool prometheus kube kubelet)
 mkdir -p "$cache_root"
 exec 9>"$cache_root/build.lock"
 flock 9
