@@ -7,6 +7,8 @@
 # real node: tools/node), kwok, helm, promtool, prometheus (the server, without the web UI assets:
 # the dashboards are evaluated against it through its HTTP API). Each is built once into the shared
 # bin directory and marked done on its own.
+# cyclonus (not a control plane binary): the NetworkPolicy evaluator of the chart's policy test
+# (tests/packaging/test_network_policy.py). Its marker names its version, which is not in the key.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -84,27 +86,36 @@ build_component() {  # name
       "$PROMETHEUS_VERSION" ;;
     prometheus) build_install prometheus github.com/prometheus/prometheus/cmd/prometheus \
       "$PROMETHEUS_VERSION" ;;
-    *) echo "unknown component $1 (etcd, kube, kubelet, kwok, helm, promtool, prometheus)" >&2
+    cyclonus) build_install cyclonus github.com/mattfenwick/cyclonus/cmd/cyclonus \
+      "$CYCLONUS_VERSION" ;;
+    *) echo "unknown component $1 (etcd, kube, kubelet, kwok, helm, promtool, prometheus, cyclonus)" >&2
       exit 2 ;;
+  esac
+}
+
+marker() {  # component: the file that marks it built
+  case "$1" in
+    cyclonus) echo "$bin_dir/.built-cyclonus-${CYCLONUS_VERSION}" ;;
+    *) echo "$bin_dir/.built-$1" ;;
   esac
 }
 
 build_missing() {  # components...
   local component
   for component in "$@"; do
-    [ -f "$bin_dir/.built-$component" ] && continue
+    [ -f "$(marker "$component")" ] && continue
     local start_s
     start_s=$(date +%s)
     rm -rf "$bin_dir.tmp" && mkdir -p "$bin_dir.tmp" "$work_dir" "$bin_dir"
     ( build_component "$component" )
     cp -r "$bin_dir.tmp/." "$bin_dir/" && rm -rf "$bin_dir.tmp"
-    touch "$bin_dir/.built-$component"
+    touch "$(marker "$component")"
     log "built $component in $(( $(date +%s) - start_s ))s"
   done
 }
 
 components=("$@")
-[ "${#components[@]}" -gt 0 ] || components=(etcd kwok helm promtool prometheus kube kubelet)
+[ "${#components[@]}" -gt 0 ] || components=(etcd kwok helm promtool prometheus cyclonus kube kubelet)
 mkdir -p "$cache_root"
 exec 9>"$cache_root/build.lock"
 flock 9
