@@ -1,4 +1,9 @@
-"""Operator metrics (prometheus-client), served on DTJ_OPERATOR_METRICS_PORT."""
+"""Operator metrics (prometheus-client), served on DTJ_OPERATOR_METRICS_PORT.
+
+Per-job series name their DiffusionTrainingJob with `dtj_namespace` and `dtj_job`, never
+`namespace` and `job`: those are target labels a Prometheus sets on every scraped series (the
+scrape job, the operator pod's namespace), so the job's own labels must not collide with them.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ if TYPE_CHECKING:
     from diffusion_operator.status_types import Incident
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+JOB_LABELS = ("dtj_namespace", "dtj_job")
 
 RECONCILE_DURATION = Histogram(
     "dtj_operator_reconcile_duration_seconds",
@@ -27,7 +33,7 @@ RESTARTS = Counter(
     "dtj_operator_restarts",
     "Ends of attempts, by reason, failure class and the action taken (Restart, "
     "RestartNotCounted, Rollback, Fail).",
-    ["namespace", "job", "reason", "class", "action"],
+    [*JOB_LABELS, "reason", "class", "action"],
     registry=REGISTRY,
 )
 INCIDENT_SECONDS = Histogram(
@@ -42,7 +48,7 @@ LOST_GPU_SECONDS = Counter(
     "dtj_operator_lost_gpu_seconds",
     "GPU-seconds lost to failures: work since the last committed checkpoint, redone, plus "
     "the wait for the next attempt's workers.",
-    ["namespace", "job"],
+    JOB_LABELS,
     registry=REGISTRY,
 )
 WORKER_PODS = Gauge(
@@ -51,7 +57,7 @@ WORKER_PODS = Gauge(
 GPU_SECONDS = Counter(
     "dtj_operator_gpu_seconds",
     "GPU-seconds allocated to a job's running worker pods.",
-    ["namespace", "job"],
+    JOB_LABELS,
     registry=REGISTRY,
 )
 LEADER = Gauge(
@@ -83,7 +89,7 @@ def account_gpu_time(
     _gpu_seen_s[key] = now_s
     if last_s is not None and num_running_pods and gpus_per_pod:
         elapsed_s = max(now_s - last_s, 0.0)
-        GPU_SECONDS.labels(namespace=namespace, job=job).inc(
+        GPU_SECONDS.labels(dtj_namespace=namespace, dtj_job=job).inc(
             elapsed_s * num_running_pods * gpus_per_pod
         )
 
@@ -93,7 +99,7 @@ def record_attempt_end(
 ) -> None:
     if failure is None or action is None:
         return
-    labels = {"namespace": namespace, "job": job}
+    labels = {"dtj_namespace": namespace, "dtj_job": job}
     RESTARTS.labels(
         **labels, reason=failure.reason, action=action, **{"class": failure.failure_class}
     ).inc()
@@ -106,7 +112,9 @@ def record_recovery(namespace: str, job: str, incident: Incident | None) -> None
     klass = {"class": incident.failure_class}
     INCIDENT_SECONDS.labels(stage="detect", **klass).observe(incident.detect_seconds or 0.0)
     INCIDENT_SECONDS.labels(stage="recover", **klass).observe(incident.recover_seconds or 0.0)
-    LOST_GPU_SECONDS.labels(namespace=namespace, job=job).inc(incident.lost_gpu_seconds or 0.0)
+    LOST_GPU_SECONDS.labels(dtj_namespace=namespace, dtj_job=job).inc(
+        incident.lost_gpu_seconds or 0.0
+    )
 
 
 def metric_names() -> set[str]:

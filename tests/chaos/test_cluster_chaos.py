@@ -145,8 +145,8 @@ def test_three_preemptions_spend_no_restarts(
         (
             ("action", "RestartNotCounted"),
             ("class", "Disruption"),
-            ("job", "preempt"),
-            ("namespace", dtjs.namespace),
+            ("dtj_job", "preempt"),
+            ("dtj_namespace", dtjs.namespace),
             ("reason", "PreemptionByScheduler"),
         ),
     )

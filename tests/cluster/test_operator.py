@@ -82,7 +82,10 @@ def test_job_runs_on_gpu_nodes_and_succeeds(
     assert {"Created", "AllWorkersRunning", "AllWorkersSucceeded"} <= reasons
 
     samples = operator_metrics()
-    gpu_key = ("dtj_operator_gpu_seconds_total", (("job", "ok"), ("namespace", dtjs.namespace)))
+    gpu_key = (
+        "dtj_operator_gpu_seconds_total",
+        (("dtj_job", "ok"), ("dtj_namespace", dtjs.namespace)),
+    )
     assert samples[gpu_key] > 0
     assert samples[("dtj_operator_reconcile_duration_seconds_count", ())] > 0
 
@@ -157,8 +160,8 @@ def test_gang_restart_resumes_from_checkpoint_after_old_pods_are_gone(
         (
             ("action", "Restart"),
             ("class", "Error"),
-            ("job", "gang"),
-            ("namespace", dtjs.namespace),
+            ("dtj_job", "gang"),
+            ("dtj_namespace", dtjs.namespace),
             ("reason", "WorkerFailed"),
         ),
     )

@@ -65,7 +65,7 @@ def test_each_alert_has_a_severity_a_summary_a_description_and_a_runbook(rule):
     assert rule["labels"]["severity"] in SEVERITIES
     annotations = rule["annotations"]
     assert annotations["summary"].strip()
-    assert "{{ $labels.namespace }}/{{ $labels.job }}" in annotations["description"]
+    assert "{{ $labels.dtj_namespace }}/{{ $labels.dtj_job }}" in annotations["description"]
     url = annotations["runbook_url"]
     assert url == RUNBOOK_BASE + rule["alert"].lower()
     assert url.removeprefix(RUNBOOK_BASE) in heading_anchors(DOCS.read_text()), (
@@ -76,4 +76,6 @@ def test_each_alert_has_a_severity_a_summary_a_description_and_a_runbook(rule):
 @pytest.mark.parametrize("rule", load_rules(), ids=lambda rule: rule.get("alert", "record"))
 def test_trainer_alerts_aggregate_per_job_not_per_pod(rule):
     """Each worker pod serves the job's metrics: an alert per pod would page N times."""
-    assert re.search(r"\b(?:max|sum|count) by \(namespace, job(?:, attempt)?\)", rule["expr"])
+    assert re.search(
+        r"\b(?:max|sum|count) by \(dtj_namespace, dtj_job(?:, dtj_attempt)?\)", rule["expr"]
+    )

@@ -81,22 +81,30 @@ def test_operator_down_reads_kube_state_metrics_only(rendered):
 
 
 def test_pod_monitors_label_series_with_the_jobs_namespace_job_and_attempt(rendered):
-    """Dashboards and alerts select on namespace, job and attempt of the DiffusionTrainingJob.
-    The operator's per-job series carry them (honoured); the workers' come from their pod."""
+    """Dashboards and alerts select on dtj_namespace, dtj_job and dtj_attempt. No target label
+    has those names, so the operator's per-job series keep them without honorLabels (which the
+    Prometheus Operator's overrideHonorLabels would undo); the workers' come from their pod."""
     monitors = {m["metadata"]["name"]: m["spec"] for m in of_kind(rendered, "PodMonitor")}
     (operator_endpoint,) = monitors["rel-diffusion-operator"]["podMetricsEndpoints"]
-    assert operator_endpoint["honorLabels"] is True
+    assert "honorLabels" not in operator_endpoint
+    assert not operator_endpoint.get("relabelings")
+    assert not operator_endpoint.get("metricRelabelings")
     (worker_endpoint,) = monitors["rel-diffusion-operator-workers"]["podMetricsEndpoints"]
     assert not worker_endpoint.get("honorLabels"), "a worker must not choose its namespace"
     targets = {r["targetLabel"]: r["sourceLabels"] for r in worker_endpoint["relabelings"]}
     assert targets == {
-        "job": ["__meta_kubernetes_pod_label_diffusion_dev_job_name"],
-        "attempt": ["__meta_kubernetes_pod_label_diffusion_dev_attempt"],
+        "dtj_namespace": ["__meta_kubernetes_namespace"],
+        "dtj_job": ["__meta_kubernetes_pod_label_diffusion_dev_job_name"],
+        "dtj_attempt": ["__meta_kubernetes_pod_label_diffusion_dev_attempt"],
     }
     (drop,) = worker_endpoint["metricRelabelings"]
     assert drop["action"] == "labeldrop"
     for name in ("namespace", "job", "attempt"):
-        assert re.fullmatch(drop["regex"], f"exported_{name}")
+        assert re.fullmatch(drop["regex"], f"exported_dtj_{name}")
+    # The target labels stay Prometheus's: neither set nor dropped.
+    for name in ("job", "namespace", "pod", "instance", "exported_job", "exported_namespace"):
+        assert name not in targets
+        assert not re.fullmatch(drop["regex"], name)
 
 
 def test_every_dashboard_becomes_a_sidecar_config_map(rendered):

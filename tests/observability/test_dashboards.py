@@ -164,7 +164,7 @@ def test_training_dashboard_selects_one_job_and_joins_dcgm_on_its_pods():
         for target in panel.get("targets", [])
     ]
     trainer = [e for e in exprs if "dtj_trainer_" in e]
-    assert all('job="$job"' in e and 'namespace="$namespace"' in e for e in trainer)
+    assert all('dtj_job="$job"' in e and 'dtj_namespace="$namespace"' in e for e in trainer)
     dcgm = [e for e in exprs if "DCGM_" in e]
     assert dcgm
     # Worker pods are <job>-a<attempt>-<index>-<suffix>.

@@ -10,7 +10,7 @@ from promql_names import PromQLError, dashboard_exprs, metric_names, variable_qu
     ("expr", "names"),
     [
         ("up", {"up"}),
-        ('dtj_trainer_step{namespace="a", job=~"b.*"}', {"dtj_trainer_step"}),
+        ('dtj_trainer_step{dtj_namespace="a", dtj_job=~"b.*"}', {"dtj_trainer_step"}),
         ("rate(dtj_trainer_samples_total[5m])", {"dtj_trainer_samples_total"}),
         # Strings may hold braces, quotes, commas and `#`.
         ("""x{a="}{#\\"", b!~`[a-z]+`, c='it\\'s'}""", {"x"}),
@@ -68,8 +68,8 @@ def test_what_cannot_be_accounted_for_raises(expr):
     ("query", "expr"),
     [
         (
-            'label_values(dtj_trainer_step{namespace="$namespace"}, job)',
-            'dtj_trainer_step{namespace="$namespace"}',
+            'label_values(dtj_trainer_step{dtj_namespace="$namespace"}, dtj_job)',
+            'dtj_trainer_step{dtj_namespace="$namespace"}',
         ),
         ("label_values(job)", None),
         ("label_names()", None),

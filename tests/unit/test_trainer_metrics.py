@@ -68,12 +68,16 @@ def test_values_move_with_steps_and_samples_match_steps_times_batch(telemetry):
 
 
 def test_every_series_carries_the_run_labels(telemetry):
+    """dtj_namespace, dtj_job and dtj_attempt: no target label a Prometheus sets (job is the
+    scrape job, namespace and pod the scraped pod's) has their names."""
     served, port = telemetry
     served.on_step(step_report(5))
     for family in text_string_to_metric_families(fetch(port, "/metrics").decode()):
         for sample in family.samples:
-            assert sample.labels["job"] == "sd"
-            assert sample.labels["attempt"] == "2"
+            assert sample.labels["dtj_namespace"] == "team"
+            assert sample.labels["dtj_job"] == "sd"
+            assert sample.labels["dtj_attempt"] == "2"
+            assert not {"job", "namespace", "attempt", "pod", "instance"} & set(sample.labels)
 
 
 def test_progress_json_reports_step_eta_and_checkpoint(telemetry):

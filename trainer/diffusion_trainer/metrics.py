@@ -3,7 +3,9 @@
 Served by local rank 0 of every worker pod on `metrics.port`: `/metrics` (Prometheus text) and
 `/progress` (JSON the operator folds into the job status). Step metrics are filled on global rank
 0, which sees the global loss and throughput; every pod reports its checkpoints and GPU memory.
-Labels are fixed per run (job, namespace, attempt): no unbounded label values.
+Labels are fixed per run (dtj_job, dtj_namespace, dtj_attempt): no unbounded label values. The
+`dtj_` prefix keeps them apart from the target labels a Prometheus adds (`job` is the scrape job,
+`namespace` the pod's), so no scrape config has to honour or rename them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from prometheus_client import (
 from diffusion_trainer.config import RunInfo
 from diffusion_trainer.report import StepReport
 
-RUN_LABELS = ("job", "namespace", "attempt")
+RUN_LABELS = ("dtj_job", "dtj_namespace", "dtj_attempt")
 _SUFFIXES = {
     "counter": ("_total", "_created"),
     "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -137,7 +139,11 @@ class TrainerTelemetry:
 
     def __init__(self, run: RunInfo, max_steps: int, global_batch_size: int, world_size: int):
         self.metrics = TrainerMetrics()
-        self.labels = {"job": run.job_name, "namespace": run.namespace, "attempt": str(run.attempt)}
+        self.labels = {
+            "dtj_job": run.job_name,
+            "dtj_namespace": run.namespace,
+            "dtj_attempt": str(run.attempt),
+        }
         self.global_batch_size = global_batch_size
         self.world_size = world_size
         self.started_s = time.monotonic()
