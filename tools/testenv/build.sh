@@ -116,6 +116,12 @@ build_missing() {  # components...
 
 components=("$@")
 [ "${#components[@]}" -gt 0 ] || components=(etcd kwok helm promtool prometheus cyclonus kube kubelet)
+all_built() {
+  local component
+  for component in "$@"; do [ -f "$(marker "$component")" ] || return 1; done
+}
+# Built already: no lock, so that a long build of another component holds no one else up.
+if all_built "${components[@]}"; then echo "$bin_dir"; exit 0; fi
 mkdir -p "$cache_root"
 exec 9>"$cache_root/build.lock"
 flock 9
