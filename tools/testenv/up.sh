@@ -84,6 +84,15 @@ wait_for() {  # description timeout_s command...
 
 kubectl_admin() { "$bin_dir/kubectl" --kubeconfig="$kubeconfig" "$@"; }
 
+kwok_logs_crd() {  # from the kwok module the binary was built from
+  # shellcheck source=versions.env
+  source "$here/versions.env"
+  local dir
+  dir="$(GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  echo "$dir/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml"
+}
+
 ip="$(advertise_address)"
 generate_pki "$ip"
 write_kubeconfig
@@ -117,10 +126,14 @@ start kube-scheduler "${common[@]}" --secure-port="$scheduler_port"
 
 if [ "$fake_nodes" = 1 ]; then
   for stages in "$here"/stages/*.yaml; do printf -- '---\n'; cat "$stages"; done >"$state_dir/kwok-stages.yaml"
+  # Pod logs on fake nodes: a test writes a CRI-format log file and a kwok Logs object naming
+  # it; the API server reaches kwok's kubelet API (TLS, the node's InternalIP and port).
+  kubectl_admin apply --server-side -f "$(kwok_logs_crd)" >/dev/null
   start kwok --kubeconfig="$kubeconfig" --config="$state_dir/kwok-stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr=10.244.0.0/16 --node-ip=127.0.0.1 --node-lease-duration-seconds=40 \
-    --server-address="127.0.0.1:$kwok_port"
+    --server-address="127.0.0.1:$kwok_port" --node-port="$kwok_port" --enable-crds=Logs \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key"
 fi
 
 wait_for kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$controller_manager_port/healthz"
