@@ -107,7 +107,7 @@ class FailureResponse(PlannerCore):
             self.fail(failure.reason, f"{message}; no {counter} left ({field_name}: {limit})")
             return
         delay_s = backoff_seconds(self.spec, used + 1)
-        self.plan.delete_jobs.append(job_name)
+        self.stop_attempt(job_name, self.attempt)
         setattr(self.status, counter, used + 1)
         self.status.attempt = self.attempt + 1
         self.status.restart_after = format_time(self.now + timedelta(seconds=delay_s))

@@ -164,11 +164,17 @@ class _Planner(FailureResponse):
             )
 
     def start_next_attempt(self) -> None:
-        """Attempt N's Job is missing: clean up older attempts, wait for their pods, back off."""
+        """Attempt N's Job is missing: clean up older attempts (but the latest failed ones,
+        kept for their logs), wait for their workers to stop, back off."""
+        kept = self.kept_attempts()
         for job in self.observed.jobs:
-            if job.attempt < self.attempt and not job.deleting:
+            if job.attempt < self.attempt and not job.deleting and job.attempt not in kept:
                 self.plan.delete_jobs.append(job.name)
-        leftovers = self.observed.pods_before(self.attempt)
+        leftovers = [
+            p
+            for p in self.observed.pods_before(self.attempt)
+            if p.deleting or p.phase not in ("Failed", "Succeeded")
+        ]
         if leftovers:
             self.force_delete_stuck(leftovers)
             message = f"waiting for {len(leftovers)} worker pods of earlier attempts to terminate"

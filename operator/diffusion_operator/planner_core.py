@@ -53,6 +53,11 @@ class Plan:
     wrote_status: bool = False  # set once the status this plan carries was written
 
 
+# The Jobs of this many failed attempts stay, with their failed workers' pods and logs (`kubectl
+# dtj logs --attempt K`), until the DiffusionTrainingJob is deleted; older ones are deleted.
+NUM_FAILED_ATTEMPTS_KEPT = 2
+
+
 def backoff_seconds(spec: DiffusionTrainingJobSpec, restarts: int) -> int:
     policy = spec.failure_policy
     return int(min(policy.backoff_seconds * 2 ** max(restarts - 1, 0), policy.max_backoff_seconds))
@@ -88,14 +93,24 @@ class PlannerCore:
 
     def fail(self, reason: str, message: str) -> None:
         job = self.observed.job(self.attempt)
-        if job and not job.finished and not self.has_failed_worker(self.attempt):
-            self.plan.delete_jobs.append(job.name)  # stops the workers that still run
-        # A failed worker fails the Job (backoffLimit 0): the Job controller stops the others
-        # and the failed pods stay, with their logs, until the job is deleted.
+        if job and not job.finished:
+            self.stop_attempt(job.name, job.attempt)
         self.set_phase("Failed", reason, message)
+
+    def stop_attempt(self, job_name: str, attempt: int) -> None:
+        """Stop an ended attempt's workers that still run. A failed worker fails the Job
+        (backoffLimit 0): the Job controller stops the others and the Job stays, so the failed
+        pods keep their logs; without one, deleting the Job stops the workers."""
+        if not self.has_failed_worker(attempt):
+            self.plan.delete_jobs.append(job_name)
 
     def has_failed_worker(self, attempt: int) -> bool:
         return any(p.phase == "Failed" for p in self.observed.pods_of(attempt))
+
+    def kept_attempts(self) -> set[int]:
+        """The earlier attempts whose Jobs stay for their failed workers' logs."""
+        failed = {p.attempt for p in self.observed.pods_before(self.attempt) if p.phase == "Failed"}
+        return set(sorted(failed, reverse=True)[:NUM_FAILED_ATTEMPTS_KEPT])
 
     @property
     def attempt(self) -> int:

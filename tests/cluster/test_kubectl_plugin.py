@@ -40,7 +40,7 @@ def submit_args(pool, name: str) -> list[str]:
 
 
 def test_submit_list_describe_suspend_resume(
-    control_plane, make_gpu_pool, operator, dtjs, namespace
+    control_plane, make_gpu_pool, operator, dtjs, namespace, tmp_path
 ):
     pool = make_gpu_pool(num_nodes=2)
     dry_run = run_plugin(control_plane, namespace, *submit_args(pool, "cli"), "--dry-run")
@@ -66,11 +66,43 @@ def test_submit_list_describe_suspend_resume(
     assert "Last failure: attempt 1:" in described.stdout, described.stdout
     assert "exit code 1" in described.stdout, described.stdout
     assert "Attempt:      2 (restarts 1" in described.stdout, described.stdout
+    check_failed_rank_logs(control_plane, namespace, rank_1.metadata.name, tmp_path)
 
     assert run_plugin(control_plane, namespace, "suspend", "cli").returncode == 0
     dtjs.wait_phase("cli", "Suspended")
     assert run_plugin(control_plane, namespace, "resume", "cli").returncode == 0
     wait_until(lambda: dtjs.status("cli").get("phase") != "Suspended", 60, "resumed")
+
+
+def check_failed_rank_logs(control_plane, namespace: str, pod_name: str, tmp_path: Path) -> None:
+    """The failed rank 1 of attempt 1 stays after the restart, and its log is served (by kwok's
+    kubelet API, from a CRI-format file, through the API server)."""
+    log_file = tmp_path / f"{pod_name}.log"
+    log_file.write_text(
+        "2026-01-01T00:00:00.000000000Z stdout F step=40/100 loss=0.5\n"
+        "2026-01-01T00:00:01.000000000Z stderr F RuntimeError: rank 1 lost its GPU\n"
+    )
+    logs_object = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Logs",
+        "metadata": {"name": pod_name, "namespace": namespace},
+        "spec": {"logs": [{"containers": ["trainer"], "logsFile": str(log_file)}]},
+    }
+    control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(logs_object))
+
+    def rank_1_log():
+        read = run_plugin(control_plane, namespace, "logs", "cli", "--rank=1", "--attempt=1")
+        return read if read.returncode == 0 else None
+
+    read = wait_until(rank_1_log, 30, "rank 1's log of attempt 1")
+    assert read.stdout.splitlines()[-1] == "RuntimeError: rank 1 lost its GPU", read.stdout
+
+    def rank_0_refused():  # once the Job controller has stopped rank 0
+        read = run_plugin(control_plane, namespace, "logs", "cli", "--rank=0", "--attempt=1")
+        return read if read.returncode != 0 else None
+
+    stopped = wait_until(rank_0_refused, 30, "rank 0 of attempt 1 gone")
+    assert "keeps its failed workers only" in stopped.stderr, stopped.stderr
 
 
 def test_bad_input_names_the_field_or_the_job(control_plane, dtjs, namespace):

@@ -145,7 +145,9 @@ def test_gang_restart_resumes_from_checkpoint_after_old_pods_are_gone(
         return next((j for j in dtjs.jobs("gang") if j.metadata.name == "gang-a2"), None)
 
     job = wait_until(second_job, 60, "attempt 2's Job")
-    assert dtjs.pods("gang", attempt=1) == [], "attempt 2 started before attempt 1's pods were gone"
+    # Attempt 1's running worker is gone before attempt 2 starts; its failed one stays (logs).
+    kept = [(p.metadata.name, p.status.phase) for p in dtjs.pods("gang", attempt=1)]
+    assert kept == [(pods[1].metadata.name, "Failed")], kept
     env = {e.name: e.value for e in job.spec.template.spec.containers[0].env}
     assert env["RESUME_FROM"] == checkpoint
     assert env["DTJ_ATTEMPT"] == "2"

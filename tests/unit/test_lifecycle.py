@@ -130,7 +130,7 @@ def test_failure_with_budget_restarts_the_gang_after_backoff():
     assert status_of(plan)["phase"] == "Restarting"
     assert status_of(plan)["attempt"] == 2
     assert status_of(plan)["restarts"] == 1
-    assert plan.delete_jobs == ["sd-a1"]
+    assert plan.delete_jobs == []  # the Job controller stops the others; the failed pod stays
     assert plan.create_attempt is None  # not before the old pods are gone
     assert status_of(plan)["restartAfter"] == format_time(NOW + timedelta(seconds=10))
     assert status_of(plan)["lastFailure"]["attempt"] == 1
@@ -143,6 +143,21 @@ def test_next_attempt_waits_for_old_pods():
     plan = plan_reconcile(state(status), observed, NOW)
     assert plan.create_attempt is None
     assert condition(plan, "Restarting")["reason"] == "WaitingForOldWorkers"
+
+
+def test_an_attempt_without_a_failed_worker_is_stopped_by_deleting_its_job():
+    stalled = pod(1, deleting=True, deletion_requested_at=NOW - timedelta(seconds=10))
+    plan = plan_reconcile(state(running_status()), Observed([job()], [pod(0), stalled]), NOW)
+    assert status_of(plan)["phase"] == "Restarting"
+    assert plan.delete_jobs == ["sd-a1"]
+
+
+def test_next_attempt_starts_beside_the_kept_failed_workers_of_earlier_attempts():
+    status = running_status(attempt=4, phase="Restarting", restartAfter=format_time(NOW))
+    ended = [pod(1, "Failed", attempt=a) for a in (1, 2, 3)] + [pod(0, "Succeeded", attempt=3)]
+    plan = plan_reconcile(state(status), Observed([job(1), job(2), job(3)], ended), NOW)
+    assert plan.create_attempt == 4
+    assert plan.delete_jobs == ["sd-a1"]  # only the latest two failed attempts are kept
 
 
 def test_next_attempt_waits_for_backoff():

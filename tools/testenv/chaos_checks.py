@@ -6,6 +6,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 
+from diffusion_operator.planner_core import NUM_FAILED_ATTEMPTS_KEPT
 from testenv.chaos_report import record_incidents
 from testenv.waiting import wait_until
 
@@ -70,7 +71,7 @@ def assert_recovered(
     timeout_s: float = 120,
 ) -> dict:
     """The invariants of every chaos case: final phase, counters, reason in status and Events,
-    and nothing of an older attempt left behind."""
+    and older attempts cleaned up (the latest failed ones keep their failed workers)."""
     status = dtjs.wait_phase(name, phase, timeout_s=timeout_s)
     assert status["attempt"] == attempt, status
     assert (status.get("restarts", 0), status.get("disruptions", 0)) == (restarts, disruptions)
@@ -78,18 +79,26 @@ def assert_recovered(
         assert status["lastFailure"]["reason"] == reason, status["lastFailure"]
         assert reason in event_reasons(dtjs, name)
 
-    def old_attempts_gone():
-        jobs = [
-            j for j in dtjs.jobs(name) if int(j.metadata.labels["diffusion.dev/attempt"]) < attempt
-        ]
-        pods = [
-            p for p in dtjs.pods(name) if int(p.metadata.labels["diffusion.dev/attempt"]) < attempt
-        ]
-        return not jobs and not pods
+    def old_attempts_cleaned_up():
+        """Of older attempts, only the Jobs of the latest failed ones stay, holding their
+        failed (or finished) workers for their logs: nothing that runs or terminates."""
+        jobs = {attempt_of(j) for j in dtjs.jobs(name) if attempt_of(j) < attempt}
+        pods = [p for p in dtjs.pods(name) if attempt_of(p) < attempt]
+        settled = all(
+            p.status.phase in ("Failed", "Succeeded") and not p.metadata.deletion_timestamp
+            for p in pods
+        )
+        failed = sorted({attempt_of(p) for p in pods if p.status.phase == "Failed"})
+        kept = set(failed[-NUM_FAILED_ATTEMPTS_KEPT:])
+        return settled and jobs <= kept and {attempt_of(p) for p in pods} <= jobs
 
-    wait_until(old_attempts_gone, 60, f"no Job or pod of {name}'s attempts before {attempt}")
+    wait_until(old_attempts_cleaned_up, 60, f"{name}'s attempts before {attempt} cleaned up")
     record_incidents(name, status)
     return status
+
+
+def attempt_of(obj) -> int:
+    return int(obj.metadata.labels["diffusion.dev/attempt"])
 
 
 def finish(dtjs, pods, **values: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from diffusion_operator import constants as c
 from diffusion_operator.kubectl_plugin.connection import Connection
+from diffusion_operator.planner_core import NUM_FAILED_ATTEMPTS_KEPT
 
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
@@ -24,13 +25,17 @@ def select_pod(pods: list[Any], rank: int, attempt: int, job: str) -> Any:
     """The newest pod of the attempt with that completion index (rank of the gang)."""
     if not pods:
         raise LogsError(
-            f"no pods of {job} attempt {attempt}: a restart deletes the previous attempt's"
-            " pods (and their logs); read older attempts from your cluster's log store"
+            f"no pods of {job} attempt {attempt}: after a restart only the failed workers of"
+            f" the last {NUM_FAILED_ATTEMPTS_KEPT} failed attempts are kept; read other ranks"
+            " and older attempts from your cluster's log store"
         )
     ranked = [pod for pod in pods if pod_rank(pod) == str(rank)]
     if not ranked:
         ranks = ", ".join(sorted({pod_rank(pod) for pod in pods}))
-        raise LogsError(f"{job} attempt {attempt} has no rank {rank} (ranks: {ranks})")
+        raise LogsError(
+            f"{job} attempt {attempt} has no rank {rank} (ranks: {ranks}; an ended attempt"
+            " keeps its failed workers only)"
+        )
     return max(ranked, key=lambda pod: pod.metadata.creation_timestamp)
 
 
