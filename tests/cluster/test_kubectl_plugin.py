@@ -1,10 +1,13 @@
 """`kubectl dtj` against the real control plane, as a user runs it (the `kubectl-dtj` executable
 with --kubeconfig and -n): submit's dry-run output applies as is; list and describe show a
-failed attempt's reason after a gang restart; suspend and resume reach the operator."""
+failed attempt's reason after a gang restart; suspend and resume reach the operator; watch
+--until-done follows a job through Running to Succeeded and exits by itself; the bash completion
+script offers the job names of the --kubeconfig and -n typed."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +117,65 @@ def test_bad_input_names_the_field_or_the_job(control_plane, dtjs, namespace):
     missing = run_plugin(control_plane, namespace, "describe", "no-such-job")
     assert missing.returncode == 1
     assert "404" in missing.stderr, missing.stderr
+
+
+def phases_shown(output: str, name: str) -> list[str]:
+    """The job's phase in each table watch printed, repeats folded: e.g. [Pending, Running]."""
+    shown: list[str] = []
+    for line in output.splitlines():
+        cells = line.split()
+        if cells[:1] == [name] and cells[1:2] and cells[1] not in shown[-1:]:
+            shown.append(cells[1])
+    return shown
+
+
+def bash_complete(*comp_words: str) -> list[str]:
+    """COMPREPLY of the `kubectl dtj completion bash` script for <TAB> on the last word."""
+    script = (
+        'source <(kubectl-dtj completion bash) || exit 3; COMP_WORDS=("$@"); '
+        'COMP_CWORD=$(($# - 1)); _kubectl_dtj; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    env = {**os.environ, "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", *comp_words],
+        capture_output=True, text=True, timeout=60, check=True, env=env,
+    )  # fmt: skip
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def test_watch_until_done_follows_a_job_to_succeeded(
+    control_plane, make_gpu_pool, operator, dtjs, namespace, job_spec, tmp_path
+):
+    pool = make_gpu_pool(num_nodes=2)
+    output = tmp_path / "watch.out"
+    command = [
+        str(PLUGIN), f"--kubeconfig={control_plane.kubeconfig}", "-n", namespace,
+        "watch", "--until-done", "--interval", "0.5",
+    ]  # fmt: skip
+    with output.open("w") as sink:
+        watch = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
+    try:
+        dtjs.create("w", job_spec(pool))
+        pods = dtjs.running_pods("w", attempt=1, count=2)
+        dtjs.wait_phase("w", "Running")
+        wait_until(lambda: "Running" in phases_shown(output.read_text(), "w"), 30, "watch: Running")
+        assert watch.poll() is None, output.read_text()  # a running job does not end the watch
+
+        typed = ["kubectl-dtj", "--kubeconfig", "=", str(control_plane.kubeconfig), "-n", namespace]
+        assert bash_complete(*typed, "describe", "") == ["w"]
+        assert bash_complete(*typed, "watch", "") == []
+
+        for pod in pods:
+            dtjs.annotate_pod(pod.metadata.name, {OUTCOME: "Succeeded"})
+        dtjs.wait_phase("w", "Succeeded")
+        returncode = watch.wait(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    shown = output.read_text()
+    assert returncode == 0, shown
+    phases = phases_shown(shown, "w")
+    assert phases[-1] == "Succeeded", shown
+    assert phases.index("Running") < phases.index("Succeeded"), shown
+    assert shown.rstrip().splitlines()[-1].split()[:2] == ["w", "Succeeded"], shown

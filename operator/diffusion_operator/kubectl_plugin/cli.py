@@ -1,5 +1,6 @@
 """`kubectl dtj` (the `kubectl-dtj` executable): list, describe, logs, suspend, resume, submit and
-watch DiffusionTrainingJobs with kubectl's kubeconfig, context and namespace flags."""
+watch DiffusionTrainingJobs with kubectl's kubeconfig, context and namespace flags; `completion`
+prints a shell's completion script for the `kubectl-dtj` command."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 from diffusion_operator import constants as c
 from diffusion_operator.kubectl_plugin.connection import Connection, connect
 
-SUBCOMMANDS = ("list", "describe", "logs", "suspend", "resume", "submit", "watch")
+SUBCOMMANDS = ("list", "describe", "logs", "suspend", "resume", "submit", "watch", "completion")
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -143,6 +144,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--image", help="default: the trainer image of this version")
     submit.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="repeatable")
     submit.add_argument("--dry-run", action="store_true", help="print the object, create nothing")
+    completion = add_command(sub, "completion", "a completion script for the kubectl-dtj command")
+    completion.add_argument("shell", choices=["bash", "zsh"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dispatch(conn: Connection | None, args: argparse.Namespace) -> int:
+    if args.command == "completion":
+        from diffusion_operator.kubectl_plugin.complete import SCRIPTS
+
+        sys.stdout.write(SCRIPTS[args.shell])
+        return 0
     if args.command == "submit":
         return run_submit(conn, args)
     assert conn is not None
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from kubernetes.client.exceptions import ApiException
 
     args = build_parser().parse_args(argv)
-    offline = args.command == "submit" and args.dry_run
+    offline = args.command == "completion" or (args.command == "submit" and args.dry_run)
     conn = None if offline else connect(args.kubeconfig, args.context, args.namespace)
     try:
         return dispatch(conn, args)
