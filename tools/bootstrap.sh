@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine (idempotent and fast when done before):
 # Debian tools used by the local control plane, its real node (containerd, runc, CNI plugins,
-# iptables) and the image builds (podman, mmdebstrap), uv, and the locked Python environment.
+# iptables), the image builds (podman, mmdebstrap), zsh (the completion script's test), uv, and
+# the locked Python environment.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 UV_VERSION=0.13.9
@@ -12,7 +13,7 @@ install_debian_tools() {
   local missing=()
   for tool in openssl:openssl curl:curl flock:util-linux setsid:util-linux ip:iproute2 make:make \
     podman:podman runc:runc mmdebstrap:mmdebstrap containerd:containerd iptables:iptables \
-    /usr/lib/cni/bridge:containernetworking-plugins; do
+    /usr/lib/cni/bridge:containernetworking-plugins zsh:zsh; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
   done
   [ "${#missing[@]}" -eq 0 ] && return 0
