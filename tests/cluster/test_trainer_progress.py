@@ -4,16 +4,13 @@ and `kubectl get dtj`."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from testenv.tiny_trainer import endless_run_config, start_trainer
 from testenv.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -39,42 +36,14 @@ def read_progress() -> dict | None:
 def running_trainer(tiny_synth: Any, tmp_path: Path):
     """A real single-process trainer run that keeps training (and evaluating every 3 steps)
     while the test looks at it."""
-    encoders = tiny_synth.encoders
-    config = {
-        "model": {"unet": "tiny", "vae": str(encoders), "textEncoder": str(encoders)},
-        "data": {
-            "train": {"local": str(tiny_synth.latents), "resolution": 64, "numWorkers": 0},
-            "eval": {"local": str(tiny_synth.raw), "precomputedLatents": False},
-        },
-        "eval": {
-            "intervalSteps": 3,
-            "guidanceScales": [1.0, 4.0],
-            "numSamples": 4,
-            "numInferenceSteps": 2,
-            "numGridImages": 2,
-            "clipModel": str(encoders / "clip"),
-            "fidFeatureExtractor": str(encoders / "fid-features"),
-        },
-        "training": {
-            "globalBatchSize": 4,
-            "microBatchSize": 4,
-            "maxSteps": 100_000,
-            "warmupSteps": 1,
-            "precision": "fp32",
-            "logIntervalSteps": 1,
-        },
-        "checkpoint": {"uri": str(tmp_path / "ckpt"), "intervalSteps": 2, "keepLast": 1},
-        "metrics": {"port": METRICS_PORT},
-    }
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DTJ_TERMINATION_LOG": str(tmp_path / "term")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "diffusion_trainer", "--config", str(config_path)],
-        env=env,
-        stdout=(tmp_path / "trainer.log").open("w"),
-        stderr=subprocess.STDOUT,
+    config = endless_run_config(
+        tiny_synth,
+        tmp_path / "ckpt",
+        metrics_port=METRICS_PORT,
+        eval_interval_steps=3,
+        checkpoint_interval_steps=2,
     )
+    process = start_trainer(config, tmp_path, {})
     try:
         wait_until(
             lambda: (read_progress() or {}).get("step"), 180, "the trainer's first logged step"
