@@ -76,9 +76,11 @@ CHART := helm/diffusion-operator
 IMAGE_REPOSITORY ?= ghcr.io/diffusion-operator
 IMAGE_TAG ?= dev
 
-manifests: setup testenv-build crd  ## render manifests/install.yaml and the chart's README from the chart
+manifests: setup testenv-build crd  ## render manifests/install.yaml, the plain alert rules and the chart's README from the chart
 	$(BIN)/python tools/packaging/render_manifests.py --helm "$$($(TESTENV)/build.sh)/helm" \
 		--out manifests/install.yaml
+	$(BIN)/python tools/packaging/render_manifests.py --helm "$$($(TESTENV)/build.sh)/helm" \
+		--alerts --out manifests/prometheus/alerts.yaml
 	$(BIN)/python tools/packaging/chart_readme.py --out $(CHART)/README.md
 
 chart-lint: setup testenv-build  ## helm lint --strict (both RBAC scopes), hadolint both Dockerfiles

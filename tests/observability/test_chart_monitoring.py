@@ -12,13 +12,20 @@ import pytest
 import yaml
 from observability_files import (
     ALERTS_TEST,
+    ALERTS_TUNED_TEST,
+    ALERTS_TUNED_VALUES,
     CHART_DIR,
     DASHBOARD_FILES,
     KUBE_VERSION,
     PROMETHEUS_OPERATOR_API,
-    RULE_FILES,
+    RULES_FILE,
     load_dashboards,
+    load_rule_groups,
+    rendered_rule_groups,
+    run_promtool_tests,
     run_tool,
+    training_group_names,
+    write_rule_file,
 )
 from promql_names import metric_names
 from test_alert_rules import ALERTS
@@ -53,24 +60,164 @@ def test_the_prometheus_rule_holds_every_alert_with_the_release_label(rendered):
     assert sorted(alerts) == sorted({*ALERTS, OPERATOR_DOWN})
 
 
-def test_the_prometheus_rule_embeds_the_rule_files_unchanged(rendered):
-    groups = rule_groups(rendered)
-    embedded = [g for g in groups if g["name"] != "diffusion-operator"]
-    from_files = [g for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]]
-    assert embedded == from_files
+def test_the_prometheus_rule_holds_the_training_groups_of_the_plain_rule_file(rendered):
+    """The plain file (release diffusion-operator) has the same training rules: they name no
+    release."""
+    training = training_group_names()
+    embedded = [g for g in rule_groups(rendered) if g["name"] in training]
+    assert [g["name"] for g in rule_groups(rendered)] == [
+        "diffusion-operator",
+        *sorted(training),
+    ]
+    assert embedded == [g for g in load_rule_groups(RULES_FILE) if g["name"] in training]
 
 
 def test_the_rendered_rules_pass_promtool_and_its_alert_tests(rendered, promtool, tmp_path):
-    """The same alert tests against what the chart installs, not only the source file."""
-    rules = tmp_path / "rendered-rules.yaml"
-    rules.write_text(yaml.safe_dump({"groups": rule_groups(rendered)}))
+    """The same alert tests against what the chart installs, not only the plain file."""
+    rules = write_rule_file(tmp_path / "rendered-rules.yaml", rule_groups(rendered))
     check = run_tool(promtool, "check", "rules", "--lint=all", "--lint-fatal", rules)
     assert check.returncode == 0, check.stdout + check.stderr
-    tests = yaml.safe_load(ALERTS_TEST.read_text())
-    tests["rule_files"] = [rules.name]
-    (tmp_path / "alerts_test.yaml").write_text(yaml.safe_dump(tests))
-    unit = run_tool(promtool, "test", "rules", tmp_path / "alerts_test.yaml")
+    unit = run_promtool_tests(promtool, ALERTS_TEST, rules, tmp_path)
     assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def failed_cases(promtool_output: str) -> set[tuple[str, str]]:
+    """(alert name, evaluation time) of each failed case in `promtool test rules` output."""
+    return set(re.findall(r"alertname: (\w+), time: (\w+),", promtool_output))
+
+
+def test_tuned_thresholds_fire_and_stay_quiet_where_the_defaults_would_not(
+    helm, promtool, tmp_path
+):
+    """alerts_tuned_test.yaml passes on the chart rendered with alerts_tuned_values.yaml, and
+    its cases fail on the default rules (but one, quiet with either): each tuned threshold
+    changes when, or with what text, its alert fires."""
+    tuned = write_rule_file(
+        tmp_path / "tuned-rules.yaml", rendered_rule_groups(helm, f"--values={ALERTS_TUNED_VALUES}")
+    )
+    check = run_tool(promtool, "check", "rules", "--lint=all", "--lint-fatal", tuned)
+    assert check.returncode == 0, check.stdout + check.stderr
+    unit = run_promtool_tests(promtool, ALERTS_TUNED_TEST, tuned, tmp_path)
+    assert unit.returncode == 0, unit.stdout + unit.stderr
+
+    on_defaults = run_promtool_tests(promtool, ALERTS_TUNED_TEST, RULES_FILE, tmp_path)
+    assert on_defaults.returncode != 0
+    tests = yaml.safe_load(ALERTS_TUNED_TEST.read_text())
+    cases = {
+        (case["alertname"], case["eval_time"])
+        for group in tests["tests"]
+        for case in group["alert_rule_test"]
+    }
+    assert {alert for alert, _ in cases} == ALERTS
+    promtool_times = {"1h7m": "67m"}  # promtool writes hours
+    output = on_defaults.stdout + on_defaults.stderr
+    failed = {(a, promtool_times.get(t, t)) for a, t in failed_cases(output)}
+    quiet_either_way = {("DiffusionTrainingStepStalled", "22m")}
+    assert failed == cases - quiet_either_way, output
+
+
+def test_every_threshold_is_set_in_the_expressions_and_the_texts(helm, promtool, tmp_path):
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "monitoring": {
+                    "rules": {
+                        "thresholds": {
+                            "stepStalledMinutes": 7,
+                            "throughputBaselineMinutes": 90,
+                            "nonFiniteLossWindowMinutes": 20,
+                            "checkpointMaxAgeMinutes": 120,
+                            "restartCount": 5,
+                            "restartWindowMinutes": 30,
+                        }
+                    }
+                }
+            }
+        )
+    )
+    # A ratio with --set reaches the chart as a string: the schema takes its decimal form.
+    groups = rendered_rule_groups(
+        helm, f"--values={values}", "--set=monitoring.rules.thresholds.throughputDropRatio=0.35"
+    )
+    rules = {r["alert"]: r for g in groups for r in g["rules"]}
+
+    def stated(alert: str) -> str:
+        annotations = rules[alert]["annotations"]
+        return annotations["summary"] + " " + annotations["description"]
+
+    expected = {
+        "DiffusionTrainingStepStalled": (["[7m]", "offset 7m"], ["for 7 minutes"]),
+        "DiffusionTrainingThroughputDropped": (
+            ["< 0.35 *", "[90m]"],
+            ["0.35 times its 90-minute average", "last 90 minutes, for 10m"],
+        ),
+        "DiffusionTrainingLossNaN": (["[20m]", "offset 20m"], ["in the last 20 minutes"]),
+        "DiffusionTrainingCheckpointStale": (
+            ["> 120 * 60", "offset 120m"],
+            ["more than 120 minutes", "trained for 120 minutes"],
+        ),
+        "DiffusionTrainingRestartsBurningBudget": (
+            [">= 5", "[30m]", "offset 30m"],
+            ["5 or more times in 30 minutes", "in the last 30 minutes"],
+        ),
+    }
+    for alert, (in_expr, in_text) in expected.items():
+        for part in in_expr:
+            assert part in rules[alert]["expr"], (alert, part)
+        for part in in_text:
+            assert part in stated(alert), (alert, part)
+    # No default is left behind, and Prometheus's own templates reach it untouched.
+    for alert in expected:
+        seconds = rules[alert]["expr"].replace("* 60", "")  # minutes to seconds, not a default
+        assert not re.search(r"\b(15|60|0\.5)\b|\$\{", seconds + stated(alert)), alert
+        assert "{{ $labels.dtj_namespace }}/{{ $labels.dtj_job }}" in stated(alert)
+    rule_file = write_rule_file(tmp_path / "rules.yaml", groups)
+    check = run_tool(promtool, "check", "rules", "--lint=all", "--lint-fatal", rule_file)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("stepStalledMinutes=0", "'/monitoring/rules/thresholds/stepStalledMinutes': minimum"),
+        (
+            "restartCount=2.5",
+            "'/monitoring/rules/thresholds/restartCount': got string, want integer",
+        ),
+        ("checkpointMaxAgeMinutes=hour", "'/monitoring/rules/thresholds/checkpointMaxAgeMinutes'"),
+        ("throughputDropRatio=1.5", "'/monitoring/rules/thresholds/throughputDropRatio'"),
+        ("throughputDropRatio=0", "'/monitoring/rules/thresholds/throughputDropRatio'"),
+        ("stepStaledMinutes=5", "additional properties 'stepStaledMinutes' not allowed"),
+        ("restartWindowMinutes=null", "missing property 'restartWindowMinutes'"),
+    ],
+)
+def test_a_bad_threshold_fails_the_install_naming_the_field(helm, setting, message):
+    result = run_tool(
+        helm, "template", "rel", CHART_DIR, f"--kube-version={KUBE_VERSION}",
+        f"--api-versions={PROMETHEUS_OPERATOR_API}", f"--set=monitoring.rules.thresholds.{setting}",
+    )  # fmt: skip
+    assert result.returncode != 0, f"{setting} was accepted"
+    assert "schema" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_a_placeholder_without_a_value_fails_the_render(helm, tmp_path):
+    chart = tmp_path / "diffusion-operator"
+    shutil.copytree(CHART_DIR, chart)
+    (chart / "rules" / "extra.yaml").write_text(
+        "groups:\n  - name: extra\n    rules:\n      - alert: Extra\n"
+        "        expr: up == 0 and changes(up[${upMinutes}m]) > 0\n"
+    )
+    result = run_tool(
+        helm, "template", "rel", chart, f"--kube-version={KUBE_VERSION}",
+        f"--api-versions={PROMETHEUS_OPERATOR_API}",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert (
+        "rules/extra.yaml: no value monitoring.rules.thresholds for the placeholder ${upMinutes}"
+        in (result.stderr)
+    )
 
 
 def test_operator_down_reads_kube_state_metrics_only(rendered):

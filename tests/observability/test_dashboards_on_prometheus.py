@@ -39,9 +39,9 @@ from observability_files import (
     CHART_DIR,
     KUBE_VERSION,
     PROMETHEUS_OPERATOR_API,
-    RULE_FILES,
     load_dashboards,
     run_tool,
+    write_rule_file,
 )
 
 from testenv.fixture_reuse import load_cluster_fixtures
@@ -119,14 +119,28 @@ def prometheus_binary(tool_bin_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def chart_pod_monitors(helm) -> dict[str, dict[str, Any]]:
-    """The chart's PodMonitors as installed next to the Prometheus Operator."""
+def chart_objects(helm) -> list[dict[str, Any]]:
+    """The chart as installed next to the Prometheus Operator, with the default values."""
     result = run_tool(
         helm, "template", RELEASE, CHART_DIR, f"--namespace={RELEASE_NAMESPACE}",
         f"--kube-version={KUBE_VERSION}", f"--api-versions={PROMETHEUS_OPERATOR_API}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    monitors = pod_monitors(list(yaml.safe_load_all(result.stdout)))
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def chart_rule_groups(chart_objects) -> list[dict[str, Any]]:
+    """The groups of the chart's PrometheusRule: DiffusionOperatorDown and the training alerts
+    with the default thresholds filled in."""
+    (rule,) = [o for o in chart_objects if o["kind"] == "PrometheusRule"]
+    return list(rule["spec"]["groups"])
+
+
+@pytest.fixture(scope="module")
+def chart_pod_monitors(chart_objects) -> dict[str, dict[str, Any]]:
+    """The chart's PodMonitors as installed next to the Prometheus Operator."""
+    monitors = pod_monitors(chart_objects)
     assert len(monitors) == 2, sorted(monitors)
     return monitors
 
@@ -191,11 +205,12 @@ def trainer(tiny_synth: Any, namespace: str, tmp_path: Path) -> Iterator[subproc
 
 @pytest.fixture
 def prometheus(
-    prometheus_binary, chart_pod_monitors, control_plane, namespace, tmp_path
+    prometheus_binary, chart_pod_monitors, chart_rule_groups, control_plane, namespace, tmp_path
 ) -> Iterator[Prometheus]:
     """Prometheus scraping the in-process operator (a static target standing for the chart's
     operator pod) and the worker pods of the test's namespace (Kubernetes discovery), each
-    with the scrape job the Prometheus Operator makes of the chart's PodMonitor."""
+    with the scrape job the Prometheus Operator makes of the chart's PodMonitor, and evaluating
+    the rules of the chart's PrometheusRule."""
     (workers_monitor,) = [m for m in chart_pod_monitors.values() if is_workers(m)]
     (operator_monitor,) = [m for m in chart_pod_monitors.values() if not is_workers(m)]
     operator_target = static_pod_target(
@@ -220,7 +235,7 @@ def prometheus(
         prometheus_binary,
         tmp_path / "prometheus",
         [scrape_config(operator_monitor, SCRAPE_INTERVAL, operator_target), workers],
-        RULE_FILES,
+        [write_rule_file(tmp_path / "rules.yaml", chart_rule_groups)],
         SCRAPE_INTERVAL,
     )
     yield server
@@ -241,7 +256,7 @@ def has_data(prometheus: Prometheus, target: Target, time_range: TimeRange) -> b
 
 
 def test_every_dashboard_panel_and_alert_rule_works_on_real_data(
-    operator, dtjs, make_gpu_pool, job_spec, namespace, trainer, prometheus
+    operator, dtjs, make_gpu_pool, job_spec, namespace, trainer, prometheus, chart_rule_groups
 ):
     started_s = time.time()
     pool = make_gpu_pool(num_nodes=1)
@@ -274,12 +289,8 @@ def test_every_dashboard_panel_and_alert_rule_works_on_real_data(
         print(Path(trainer.args[-1]).parent.joinpath("trainer.log").read_text()[-3000:])
         raise
 
-    # Every rule of the chart's rule files is loaded and evaluates cleanly.
-    expected_groups = {
-        group["name"]: len(group["rules"])
-        for path in RULE_FILES
-        for group in yaml.safe_load(path.read_text())["groups"]
-    }
+    # Every rule the chart installs is loaded and evaluates cleanly.
+    expected_groups = {group["name"]: len(group["rules"]) for group in chart_rule_groups}
 
     def rules_evaluated() -> dict[str, list[dict[str, Any]]] | None:
         groups = {g["name"]: g["rules"] for g in prometheus.get("/api/v1/rules")["groups"]}
