@@ -11,9 +11,7 @@ Prometheus finds the pod through its real Kubernetes discovery against the local
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +43,7 @@ from observability_files import (
 )
 
 from testenv.fixture_reuse import load_cluster_fixtures
+from testenv.tiny_trainer import endless_run_config, start_trainer
 from testenv.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -155,49 +154,19 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture
 def trainer(tiny_synth: Any, namespace: str, tmp_path: Path) -> Iterator[subprocess.Popen]:
     """A real trainer run of the job's attempt 1 (CPU, with checkpoints and evaluations)."""
-    encoders = tiny_synth.encoders
-    config = {
-        "model": {"unet": "tiny", "vae": str(encoders), "textEncoder": str(encoders)},
-        "data": {
-            "train": {"local": str(tiny_synth.latents), "resolution": 64, "numWorkers": 0},
-            "eval": {"local": str(tiny_synth.raw), "precomputedLatents": False},
-        },
-        "eval": {
-            "intervalSteps": 5,
-            "guidanceScales": [1.0, 4.0],
-            "numSamples": 4,
-            "numInferenceSteps": 2,
-            "numGridImages": 2,
-            "clipModel": str(encoders / "clip"),
-            "fidFeatureExtractor": str(encoders / "fid-features"),
-        },
-        "training": {
-            "globalBatchSize": 4,
-            "microBatchSize": 4,
-            "maxSteps": 100_000,
-            "warmupSteps": 1,
-            "precision": "fp32",
-            "logIntervalSteps": 1,
-        },
-        "checkpoint": {"uri": str(tmp_path / "ckpt"), "intervalSteps": 3, "keepLast": 1},
-        "metrics": {"port": TRAINER_PORT},
-        "run": {"jobName": JOB, "namespace": namespace, "attempt": 1},
-    }
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
+    config = endless_run_config(
+        tiny_synth,
+        tmp_path / "ckpt",
+        metrics_port=TRAINER_PORT,
+        eval_interval_steps=5,
+        checkpoint_interval_steps=3,
+    )
+    config["run"] = {"jobName": JOB, "namespace": namespace, "attempt": 1}
+    extra_env = {
         "CUDA_VISIBLE_DEVICES": "",  # CPU everywhere: the exceptions hold on a GPU machine too
         "DTJ_PEAK_TFLOPS": "1",  # a peak for MFU, which a CPU has no table entry for
-        "DTJ_TERMINATION_LOG": str(tmp_path / "termination-log"),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "diffusion_trainer", "--config", str(config_path)],
-        env=env,
-        stdout=(tmp_path / "trainer.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    process = start_trainer(config, tmp_path, extra_env)
     yield process
     process.kill()
     process.wait(timeout=30)
