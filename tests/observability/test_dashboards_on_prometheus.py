@@ -290,7 +290,9 @@ def test_every_dashboard_panel_and_alert_rule_works_on_real_data(
             found = has_data(prometheus, expanded, time_range)
             if not found and target.key not in EXCEPTIONS:
                 missing.append(f"{name} / {target.panel} / {target.ref_id}: {expanded.expr}")
-            if found and target.key in EXCEPTIONS:
+            # Fleet-wide queries may hold other jobs' data: the operator's metrics live in this
+            # test process, which earlier tests' operators (restarts, API errors) shared.
+            if found and target.key in EXCEPTIONS and "$job" in target.expr:
                 stale.append(f"{name} / {target.panel} / {target.ref_id}: has data after all")
     unknown = set(EXCEPTIONS) - {
         t.key for name, d in load_dashboards().items() for t in panel_targets(name, d)

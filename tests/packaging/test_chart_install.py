@@ -26,7 +26,9 @@ OUTCOME = "testenv.diffusion.dev/outcome"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 # Pods of these tests must never land on another test's fake nodes.
 NO_NODE = {"testenv.diffusion.dev/pool": "no-such-pool"}
-FORBIDDEN = re.compile(r"\b403\b|forbidden", re.IGNORECASE)
+# A refused API call, as kopf and the kubernetes client log it ("(403)", "Forbidden"); not any
+# "403" (a timestamp's milliseconds can be 403).
+FORBIDDEN = re.compile(r"forbidden|\(403\)|\b(?:code|status)[=: ]+403\b", re.IGNORECASE)
 
 
 def job_spec(node_selector: dict[str, str], tolerations: list[dict], **overrides: Any) -> dict:

@@ -21,7 +21,7 @@ def pod_rank(pod: Any) -> str:
     return str((pod.metadata.labels or {}).get(COMPLETION_INDEX_LABEL, "?"))
 
 
-def select_pod(pods: list[Any], rank: int, attempt: int, job: str) -> Any:
+def select_pod(pods: list[Any], rank: int, attempt: int, job: str, *, ended: bool = False) -> Any:
     """The newest pod of the attempt with that completion index (rank of the gang)."""
     if not pods:
         raise LogsError(
@@ -32,27 +32,25 @@ def select_pod(pods: list[Any], rank: int, attempt: int, job: str) -> Any:
     ranked = [pod for pod in pods if pod_rank(pod) == str(rank)]
     if not ranked:
         ranks = ", ".join(sorted({pod_rank(pod) for pod in pods}))
-        raise LogsError(
-            f"{job} attempt {attempt} has no rank {rank} (ranks: {ranks}; an ended attempt"
-            " keeps its failed workers only)"
-        )
+        why = "; an ended attempt keeps its failed workers only" if ended else ""
+        raise LogsError(f"{job} attempt {attempt} has no rank {rank} (ranks: {ranks}{why})")
     return max(ranked, key=lambda pod: pod.metadata.creation_timestamp)
 
 
 def print_logs(
     conn: Connection, job: str, rank: int, attempt: int | None, *, follow: bool, tail: int | None
 ) -> None:
-    if attempt is None:
-        status = (
-            conn.custom.get_namespaced_custom_object(
-                c.GROUP, c.VERSION, conn.namespace, c.PLURAL, job
-            ).get("status")
-            or {}
-        )
-        attempt = int(status.get("attempt") or 1)
+    status = (
+        conn.custom.get_namespaced_custom_object(
+            c.GROUP, c.VERSION, conn.namespace, c.PLURAL, job
+        ).get("status")
+        or {}
+    )
+    current = int(status.get("attempt") or 1)
+    attempt = current if attempt is None else attempt
     selector = f"{c.LABEL_JOB_NAME}={job},{c.LABEL_ATTEMPT}={attempt}"
     pods = conn.core.list_namespaced_pod(conn.namespace, label_selector=selector).items
-    pod = select_pod(pods, rank, attempt, job)
+    pod = select_pod(pods, rank, attempt, job, ended=attempt < current)
     response = conn.core.read_namespaced_pod_log(
         pod.metadata.name, conn.namespace, follow=follow, tail_lines=tail, _preload_content=False
     )
