@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from diffusion_trainer.config import TrainerConfig
 from diffusion_trainer.preemption import StopRequest
 from diffusion_trainer.report import StepReport
 from diffusion_trainer.train import run_training
+from testenv.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.gpu
@@ -46,12 +46,6 @@ def test_compiled_units_match_eager(gpu_config: Callable[..., dict[str, Any]]) -
     assert summary.status == "completed", summary.message
     for step, loss in eager.items():
         assert math.isclose(compiled[step], loss, rel_tol=0.03), (step, compiled[step], loss)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_one_process_nccl_step_under_torchrun(

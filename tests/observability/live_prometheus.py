@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,18 +19,13 @@ from typing import Any
 
 import yaml
 
+from testenv.ports import free_port
 from testenv.waiting import wait_until
 
 # What the Prometheus Operator enforces with overrideHonorLabels (and its default for a
 # PodMonitor without honorLabels): the target labels win, a scraped clash becomes exported_*.
 HONOR_LABELS = False
 METRICS_PORT_NAME = "metrics"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def sanitize(name: str) -> str:

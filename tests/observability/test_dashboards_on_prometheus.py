@@ -23,7 +23,6 @@ from live_prometheus import (
     Prometheus,
     Target,
     TimeRange,
-    free_port,
     panel_targets,
     pod_discovery,
     pod_monitors,
@@ -43,6 +42,7 @@ from observability_files import (
 )
 
 from testenv.fixture_reuse import load_cluster_fixtures
+from testenv.ports import free_port
 from testenv.tiny_trainer import endless_run_config, start_trainer
 from testenv.waiting import wait_until
 

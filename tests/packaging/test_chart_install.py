@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from testenv.ports import free_port
 from testenv.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -79,12 +79,6 @@ def pods_matching(ns, selector: str, count: int, phase: str | None = None) -> li
         return pods if len(pods) >= count else None
 
     return wait_until(found, 90, f"{count} {phase or ''} pods matching {selector}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def responds_ok(port: int, path: str) -> bool:

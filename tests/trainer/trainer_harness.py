@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from testenv.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEP_LINE = re.compile(r"step=(\d+)/\d+ loss=([0-9.eE+-]+|nan|inf)")
@@ -33,12 +34,6 @@ class TrainerRun:
     checkpoint_uri: Path
     summary: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def find_free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def parse_losses(output: str) -> dict[int, float]:
@@ -73,7 +68,7 @@ def trainer_command(config_path: Path, nproc: int) -> list[str]:
         "--nproc-per-node",
         str(nproc),
         "--master-port",
-        str(find_free_port()),
+        str(free_port()),
         "-m",
         "diffusion_trainer",
         "--config",
