@@ -29,3 +29,6 @@ CONFIG_FILE_NAME = "config.yaml"
 RENDEZVOUS_PORT = 29500
 METRICS_PORT = 9400
 METRICS_PORT_NAME = "metrics"
+# The Jobs of this many failed attempts stay, with their failed workers' pods and logs (`kubectl
+# dtj logs --attempt K`), until the DiffusionTrainingJob is deleted; older ones are deleted.
+NUM_FAILED_ATTEMPTS_KEPT = 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from diffusion_operator import constants as c
 from diffusion_operator.conditions import conditions_for_phase
 from diffusion_operator.failures import Failure
 from diffusion_operator.observed import Observed
@@ -51,11 +52,6 @@ class Plan:
     action: FailureAction | None = None  # and what was done about it
     incident_closed: Incident | None = None  # an incident that recovered in this pass
     wrote_status: bool = False  # set once the status this plan carries was written
-
-
-# The Jobs of this many failed attempts stay, with their failed workers' pods and logs (`kubectl
-# dtj logs --attempt K`), until the DiffusionTrainingJob is deleted; older ones are deleted.
-NUM_FAILED_ATTEMPTS_KEPT = 2
 
 
 def backoff_seconds(spec: DiffusionTrainingJobSpec, restarts: int) -> int:
@@ -110,7 +106,7 @@ class PlannerCore:
     def kept_attempts(self) -> set[int]:
         """The earlier attempts whose Jobs stay for their failed workers' logs."""
         failed = {p.attempt for p in self.observed.pods_before(self.attempt) if p.phase == "Failed"}
-        return set(sorted(failed, reverse=True)[:NUM_FAILED_ATTEMPTS_KEPT])
+        return set(sorted(failed, reverse=True)[: c.NUM_FAILED_ATTEMPTS_KEPT])
 
     @property
     def attempt(self) -> int:

@@ -6,7 +6,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 
-from diffusion_operator.planner_core import NUM_FAILED_ATTEMPTS_KEPT
+from diffusion_operator.constants import NUM_FAILED_ATTEMPTS_KEPT
 from testenv.chaos_report import record_incidents
 from testenv.waiting import wait_until
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from diffusion_operator import constants as c
 from diffusion_operator.kubectl_plugin.connection import Connection
-from diffusion_operator.planner_core import NUM_FAILED_ATTEMPTS_KEPT
 
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
@@ -26,7 +25,7 @@ def select_pod(pods: list[Any], rank: int, attempt: int, job: str, *, ended: boo
     if not pods:
         raise LogsError(
             f"no pods of {job} attempt {attempt}: after a restart only the failed workers of"
-            f" the last {NUM_FAILED_ATTEMPTS_KEPT} failed attempts are kept; read other ranks"
+            f" the last {c.NUM_FAILED_ATTEMPTS_KEPT} failed attempts are kept; read other ranks"
             " and older attempts from your cluster's log store"
         )
     ranked = [pod for pod in pods if pod_rank(pod) == str(rank)]
