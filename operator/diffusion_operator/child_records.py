@@ -95,17 +95,17 @@ def training_job_record(obj: Obj) -> Obj:
 def to_attempt_job(obj: Obj) -> AttemptJob:
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     true_conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
-    conditions = {cond.get("type"): True for cond in true_conditions}
+    true_types = {cond.get("type") for cond in true_conditions}
     failing = [c for c in true_conditions if c.get("type") in ("Failed", "FailureTarget")]
     return AttemptJob(
         name=meta["name"],
         attempt=int((meta.get("labels") or {}).get(c.LABEL_ATTEMPT, "0")),
         suspended=bool(spec.get("suspend")),
-        complete=conditions.get("Complete", False),
-        failed=conditions.get("Failed", False),
+        complete="Complete" in true_types,
+        failed="Failed" in true_types,
         deleting=meta.get("deletionTimestamp") is not None,
         spec_hash=(meta.get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH),
-        failure_target=conditions.get("FailureTarget", False),
+        failure_target="FailureTarget" in true_types,
         failing_since=min(
             (t for c in failing if (t := parse_timestamp(c.get("lastTransitionTime")))),
             default=None,
