@@ -90,8 +90,11 @@ def completes_a_job_name(typed: Typed) -> bool:
 
 def candidates(words: list[str], job_names: list[str]) -> list[str]:
     """words: the arguments after `dtj`, the last one being completed (maybe empty)."""
-    current = words[-1] if words else ""
-    typed = read_words(words or [""])
+    return candidates_after(read_words(words or [""]), words[-1] if words else "", job_names)
+
+
+def candidates_after(typed: Typed, current: str, job_names: list[str]) -> list[str]:
+    """What may replace `current`, the word being completed, after what `typed` read."""
     options: list[str] = []
     if typed.parser is None:
         return []
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     typed = read_words(words or [""])
     names = job_names_of(typed.connection) if completes_a_job_name(typed) else []
-    for candidate in candidates(words, names):
+    for candidate in candidates_after(typed, words[-1] if words else "", names):
         print(candidate)
     print(NO_FILE_COMPLETION)
     return 0
