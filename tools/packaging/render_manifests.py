@@ -93,61 +93,24 @@ def values_args(values: Sequence[Path]) -> list[str]:
     return [f"--values={path}" for path in values]
 
 
-def wrap_text(text: str, width: int) -> list[str] | None:
-    """Lines of at most `width` (a longer word stays whole) that a folded block scalar joins back
-    into `text`, breaking only at single spaces outside Prometheus's `{{ ... }}`; None where
-    `text` does not fold back so (leading, trailing or repeated spaces)."""
-    words = text.split(" ")
-    if "" in words:
-        return None
-    pieces: list[str] = []
-    for word in words:  # keep each {{ ... }} template on one line
-        if pieces and pieces[-1].count("{{") > pieces[-1].count("}}"):
-            pieces[-1] += " " + word
-        else:
-            pieces.append(word)
-    lines = [pieces[0]]
-    for piece in pieces[1:]:
-        if len(lines[-1]) + 1 + len(piece) <= width:
-            lines[-1] += " " + piece
-        else:
-            lines.append(piece)
-    return lines
+class RuleFileDumper(yaml.SafeDumper):
+    """YAML as a rule file is written by hand: lists indented under their key, multi-line
+    expressions as literal blocks, long texts wrapped at 100 columns."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
 
 
-def yaml_entry(key: str, value: Any, indent: int) -> list[str]:
-    """`key: value` as written by hand: mappings nested, expressions (multi-line) as literal
-    blocks, long texts folded at 100 columns, anything else as PyYAML writes it on one line."""
-    pad = " " * indent
-    if isinstance(value, dict):
-        return [f"{pad}{key}:"] + [
-            line for k, v in value.items() for line in yaml_entry(k, v, indent + 2)
-        ]
-    if (
-        isinstance(value, str)
-        and value.endswith("\n")
-        and not value.endswith("\n\n")
-        and not value.startswith(" ")
-    ):
-        return [f"{pad}{key}: |"] + [
-            f"{pad}  {line}" if line else "" for line in value.removesuffix("\n").split("\n")
-        ]
-    one_line = yaml.safe_dump({key: value}, width=float("inf")).rstrip("\n")
-    if isinstance(value, str) and len(pad + one_line) > 100 and " " in value:
-        folded = wrap_text(value, 100 - indent - 2)
-        if folded:
-            return [f"{pad}{key}: >-"] + [f"{pad}  {line}" for line in folded]
-    return [pad + one_line]
+def represent_text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+RuleFileDumper.add_representer(str, represent_text)
 
 
 def rule_file_yaml(groups: list[dict[str, Any]]) -> str:
-    lines = ["groups:"]
-    for group in groups:
-        lines += [f"  - name: {group['name']}", "    rules:"]
-        for rule in group["rules"]:
-            entries = [line for k, v in rule.items() for line in yaml_entry(k, v, 8)]
-            lines += ["      - " + entries[0].removeprefix(" " * 8), *entries[1:]]
-    text = "\n".join(lines) + "\n"
+    text = yaml.dump({"groups": groups}, Dumper=RuleFileDumper, sort_keys=False, width=100)
     if yaml.safe_load(text) != {"groups": groups}:
         raise RuntimeError("the written rule file does not read back as the chart's rules")
     return text
