@@ -17,7 +17,6 @@ import yaml
 from chart_tools import ROOT
 from test_chart_install import (
     FORBIDDEN,
-    free_port,
     job_spec,
     lease_of,
     operator_settings,
@@ -26,6 +25,7 @@ from test_chart_install import (
     run_job_to_success,
 )
 
+from testenv.ports import free_port
 from testenv.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

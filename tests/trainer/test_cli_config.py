@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
-from trainer_harness import REPO_ROOT, child_env, find_free_port, run_python_probe
+from trainer_harness import REPO_ROOT, child_env, run_python_probe
+
+from testenv.ports import free_port
 
 CONFIG_ERROR = 2
 
@@ -194,7 +196,7 @@ def test_indivisible_batch_under_torchrun_fails_before_process_group(
         "--nproc-per-node",
         "3",
         "--master-port",
-        str(find_free_port()),
+        str(free_port()),
         "-m",
         "diffusion_trainer",
         "--config",

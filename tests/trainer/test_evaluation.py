@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from trainer_harness import REPO_ROOT, TrainerRun, child_env, find_free_port, run_in_process
+from trainer_harness import REPO_ROOT, TrainerRun, child_env, run_in_process
 
 from diffusion_trainer.eval_metrics import build_fid
 from diffusion_trainer.evaluate import shard_indices
@@ -24,6 +24,7 @@ from diffusion_trainer.fid_features import write_tiny_fid_features
 from diffusion_trainer.model import build_unet, load_unet_config
 from diffusion_trainer.sampling import initial_noise, predict_guided, sample_latents
 from diffusion_trainer.synthetic_shapes import COLOURS, SHAPES, draw_shape
+from testenv.ports import free_port
 
 GUIDANCE_SCALES = [1.0, 3.0]
 NUM_EVAL_SAMPLES = 12
@@ -264,7 +265,7 @@ def offline_eval(checkpoint: Path, data: Path, out: Path, synth: Any, nproc: int
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
-        launcher += ["--master-port", str(find_free_port())]
+        launcher += ["--master-port", str(free_port())]
     command = [
         *launcher,
         "-m",

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from trainer_harness import child_env, find_free_port, trainer_command, write_config
+from trainer_harness import child_env, trainer_command, write_config
 
+from testenv.ports import free_port
 from testenv.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def scrape(port: int) -> dict[str, float]:
 def test_metrics_of_a_running_trainer_move_with_training(
     tmp_path: Path, make_config: Callable[..., dict[str, Any]]
 ):
-    port = find_free_port()
+    port = free_port()
     config = make_config(
         tmp_path / "ckpt",
         training={"maxSteps": 100_000, "logIntervalSteps": 1},
