@@ -36,6 +36,20 @@ def test_eval_data_needs_its_own_cache_directory():
         render_trainer_config(spec_of(preset="sd2-base-256", **inputs), "j", "ns", "/c")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("resolution", 512), ("captionDropProb", 0.0), ("shuffle", False), ("numWorkers", 0)],
+)
+def test_train_only_fields_on_eval_data_are_refused_not_ignored(field, value):
+    eval_data = {**EVAL_INPUTS["data"]["eval"], field: value}
+    inputs = {**EVAL_INPUTS, "data": {"eval": eval_data}}
+    with pytest.raises(ConfigError, match=rf"data\.eval\.{field}: evaluation does not use"):
+        render_trainer_config(spec_of(preset="sd2-base-256", **inputs), "j", "ns", "/c")
+    same_as_default = {**EVAL_INPUTS, "data": {"eval": {**eval_data, "numWorkers": 4}}}
+    if field == "numWorkers":  # the default value changes nothing, so it is accepted
+        render_trainer_config(spec_of(preset="sd2-base-256", **same_as_default), "j", "ns", "/c")
+
+
 def test_explicit_fields_override_the_preset():
     spec = spec_of(preset="sd2-base-256", training={"maxSteps": 1000, "lr": 5e-5}, eval=NO_EVAL)
     config = render_trainer_config(spec, "job", "ns", "/ckpt/ns/job")

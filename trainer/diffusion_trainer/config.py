@@ -186,6 +186,11 @@ class SyntheticDataConfig(Section):
     seed: Annotated[int, Field(ge=0)] = 0
 
 
+# DatasetConfig fields that only shape training batches: evaluation reads its shards in order,
+# in the main process, without caption dropout, at eval.resolution.
+TRAIN_ONLY_DATASET_FIELDS = ("resolution", "caption_drop_prob", "shuffle", "num_workers")
+
+
 class DataConfig(Section):
     train: DatasetConfig = Field(default_factory=DatasetConfig)
     eval: DatasetConfig | None = None
@@ -196,6 +201,25 @@ class DataConfig(Section):
             "(each pod its own copy, local rank 0 writes): a job that needs no data staged."
         ),
     ] = None
+
+    @model_validator(mode="after")
+    def check_eval_takes_no_train_only_fields(self) -> DataConfig:
+        """A value that would do nothing is refused, not ignored."""
+        if self.eval is None:
+            return self
+        fields = DatasetConfig.model_fields
+        ignored = [
+            f"data.eval.{to_camel(name)}"
+            for name in TRAIN_ONLY_DATASET_FIELDS
+            if getattr(self.eval, name) != fields[name].default
+        ]
+        if ignored:
+            raise ValueError(
+                f"{', '.join(ignored)}: evaluation does not use this (it reads its shards in"
+                " order, in the main process, without caption dropout, at eval.resolution);"
+                " remove it, or set eval.resolution for the evaluation's image size"
+            )
+        return self
 
 
 class TrainingConfig(Section):
