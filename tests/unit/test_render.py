@@ -38,7 +38,14 @@ def test_eval_data_needs_its_own_cache_directory():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("resolution", 512), ("captionDropProb", 0.0), ("shuffle", False), ("numWorkers", 0)],
+    [
+        ("resolution", 512),
+        ("captionDropProb", 0.0),
+        ("shuffle", False),
+        ("shuffleAlgo", "naive"),
+        ("shuffleBlockSize", 1000),
+        ("numWorkers", 0),
+    ],
 )
 def test_train_only_fields_on_eval_data_are_refused_not_ignored(field, value):
     eval_data = {**EVAL_INPUTS["data"]["eval"], field: value}

@@ -188,7 +188,14 @@ class SyntheticDataConfig(Section):
 
 # DatasetConfig fields that only shape training batches: evaluation reads its shards in order,
 # in the main process, without caption dropout, at eval.resolution.
-TRAIN_ONLY_DATASET_FIELDS = ("resolution", "caption_drop_prob", "shuffle", "num_workers")
+TRAIN_ONLY_DATASET_FIELDS = (
+    "resolution",
+    "caption_drop_prob",
+    "shuffle",
+    "shuffle_algo",
+    "shuffle_block_size",
+    "num_workers",
+)
 
 
 class DataConfig(Section):
