@@ -36,12 +36,7 @@ OPERATOR_ENV = {
 @pytest.fixture(scope="session")
 def crd(control_plane) -> None:
     control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd.yaml"))
-    control_plane.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        f"crd/{PLURAL}.{GROUP}",
-    )
+    control_plane.wait_established(f"crd/{PLURAL}.{GROUP}")
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def render(helm) -> Callable[..., list[dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def crd(control_plane) -> None:
     control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd.yaml"))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    control_plane.wait_established(f"crd/{CRD_NAME}")
 
 
 @pytest.fixture

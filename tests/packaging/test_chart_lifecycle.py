@@ -56,7 +56,7 @@ def crd_managers(control_plane) -> set[str]:
 
 
 def wait_established(control_plane) -> None:
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    control_plane.wait_established(f"crd/{CRD_NAME}")
 
 
 def helm_release(helm, control_plane, action: str, release: Release, values: dict) -> None:

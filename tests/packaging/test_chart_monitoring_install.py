@@ -24,7 +24,7 @@ def prometheus_operator_api(control_plane) -> Iterator[None]:
     """The monitoring.coreos.com/v1 CRDs, removed again so other tests see a plain cluster."""
     files = [arg for path in prometheus_operator_crds() for arg in ("-f", str(path))]
     control_plane.kubectl("apply", "--server-side", *files)
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *files)
+    control_plane.wait_established(*files)
     yield
     control_plane.kubectl("delete", "--ignore-not-found", "--wait=true", *files)
 

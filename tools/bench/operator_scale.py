@@ -403,7 +403,7 @@ def connect_control_plane(kubeconfig: str | None) -> controlplane.ControlPlane:
 def apply_crd(plane: controlplane.ControlPlane, design: Design) -> None:
     crd = design.root / "manifests" / "crd.yaml"
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    plane.wait_established(f"crd/{PLURAL}.{GROUP}")
 
 
 def nodes_for(num_jobs: int) -> int:

@@ -7,6 +7,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from testenv.waiting import wait_until
+
 TESTENV_DIR = Path(__file__).resolve().parent
 STATE_DIR = Path(os.environ.get("DTJ_TESTENV_DIR", "/tmp/dtj-testenv"))
 
@@ -30,6 +32,17 @@ class ControlPlane:
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
+
+    def wait_established(self, *targets: str, timeout_s: float = 60) -> None:
+        """`kubectl wait --for=condition=Established` on CRDs (`crd/NAME` or `-f FILE` args).
+        A CRD applied a moment ago may have no status conditions yet, and kubectl wait then
+        fails at once instead of waiting (".status.conditions accessor error"): ask again."""
+
+        def established() -> bool:
+            self.kubectl("wait", "--for=condition=Established", "--timeout=10s", *targets)
+            return True
+
+        wait_until(established, timeout_s, f"{' '.join(targets)} Established")
 
     def tail_logs(self, num_lines: int = 40) -> str:
         parts = []
